@@ -1,0 +1,3 @@
+from vfnn.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""The ``vfnn`` command line.
+
+Each subcommand lives next to the code it drives and is registered here.  ``main`` turns every
+:class:`vfnn.errors.VfnnError` into one line on stderr and exit code 2, so users never see a
+traceback for a problem that is theirs to fix.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from vfnn import __version__
+from vfnn.errors import VfnnError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vfnn")
+def cli() -> None:
+    """Train verification-friendly neural networks and verify them.
+
+    \b
+    Typical use:
+      vfnn train --dataset mnist --arch fc:100x3 --reg nbc --eps 0.05 --out runs/nbc
+      vfnn stats runs/nbc/model.onnx spec.vnnlib
+      vfnn verify --verifier milp runs/nbc/model.onnx spec.vnnlib
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="vfnn", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("vfnn: aborted", err=True)
+        sys.exit(130)
+    except VfnnError as exc:
+        click.echo(f"vfnn: error: {exc}", err=True)
+        sys.exit(2)
+
+
+# Subcommands register themselves below (one import per module that defines commands).
