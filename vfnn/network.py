@@ -11,7 +11,6 @@ from a ``torch.nn.Sequential`` made only of the modules listed in :data:`TORCH_M
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 import torch
@@ -79,7 +78,7 @@ class AvgPool2d:
     stride: tuple[int, int]
 
 
-Layer = Union[Dense, Conv2d, ElementwiseAffine, ReLU, Flatten, AvgPool2d]
+Layer = Dense | Conv2d | ElementwiseAffine | ReLU | Flatten | AvgPool2d
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -139,7 +138,7 @@ class Network:
     def relu_count(self) -> int:
         """Number of ReLU neurons (the ones that can be unstable)."""
         shapes = self.layer_shapes()
-        return sum(int(np.prod(s)) for layer, s in zip(self.layers, shapes) if isinstance(layer, ReLU))
+        return sum(int(np.prod(s)) for layer, s in zip(self.layers, shapes, strict=True) if isinstance(layer, ReLU))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Evaluate on a batch ``(N, *input_shape)`` in float64 numpy; returns ``(N, outputs)``."""
@@ -161,7 +160,7 @@ class Network:
 
     def simplified(self) -> Network:
         """Fold every ElementwiseAffine into a neighbouring linear layer where that is exact."""
-        return Network(self.input_shape, _fold_affines(list(self.layers), self.input_shape), self.name)
+        return Network(self.input_shape, _fold_affines(list(self.layers)), self.name)
 
 
 def _output_shape(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[int, ...]:
@@ -212,7 +211,8 @@ def _to_module(layer: Layer, input_shape: tuple[int, ...]) -> nn.Module:
         m.bias.data = torch.from_numpy(_f32(layer.bias).copy())
         return m
     if isinstance(layer, ElementwiseAffine):
-        return ElementwiseAffineModule(torch.from_numpy(_f32(layer.scale).copy()), torch.from_numpy(_f32(layer.shift).copy()))
+        scale, shift = torch.from_numpy(_f32(layer.scale).copy()), torch.from_numpy(_f32(layer.shift).copy())
+        return ElementwiseAffineModule(scale, shift)
     if isinstance(layer, ReLU):
         return nn.ReLU()
     if isinstance(layer, Flatten):
@@ -257,56 +257,74 @@ def _from_module(m: nn.Module) -> Layer:
     raise ModelError(f"torch module {type(m).__name__} is not supported (supported: {supported})")
 
 
-def _per_channel(a: np.ndarray) -> np.ndarray | None:
+def per_channel_values(a: np.ndarray) -> np.ndarray | None:
     """The per-channel values of a (C, H, W) array that is constant over H and W, else None."""
     flat = a.reshape(a.shape[0], -1)
     return flat[:, 0] if np.all(flat == flat[:, :1]) else None
 
 
-def _fold_affines(layers: list[Layer], input_shape: tuple[int, ...]) -> tuple[Layer, ...]:
-    """Merge ElementwiseAffine layers into the linear layer before or after them when exact."""
-    # Identity affines disappear.
-    layers = [
-        la for la in layers
-        if not (isinstance(la, ElementwiseAffine) and np.all(la.scale == 1) and np.all(la.shift == 0))
-    ]
-    changed = True
-    while changed:
-        changed = False
-        for i, la in enumerate(layers):
-            if not isinstance(la, ElementwiseAffine):
+def _fold_backward(prev: Layer, aff: ElementwiseAffine) -> Layer | None:
+    """``aff`` applied after ``prev`` as one layer, or None when that is not exact."""
+    if isinstance(prev, ElementwiseAffine):
+        return ElementwiseAffine(prev.scale * aff.scale, prev.shift * aff.scale + aff.shift)
+    if isinstance(prev, Dense):
+        s, t = aff.scale.reshape(-1), aff.shift.reshape(-1)
+        return Dense(prev.weight * s[:, None], prev.bias * s + t)
+    s, t = per_channel_values(aff.scale), per_channel_values(aff.shift)
+    if isinstance(prev, Conv2d) and s is not None and t is not None:
+        return Conv2d(prev.weight * s[:, None, None, None], prev.bias * s + t, prev.stride, prev.padding)
+    return None
+
+
+def _fold_forward(aff: ElementwiseAffine, nxt: Layer) -> Layer | None:
+    """``aff`` applied before ``nxt`` (possibly with a Flatten between) as one layer, or None."""
+    if isinstance(nxt, Dense):
+        s, t = aff.scale.reshape(-1), aff.shift.reshape(-1)
+        return Dense(nxt.weight * s[None, :], nxt.bias + nxt.weight @ t)
+    s, t = per_channel_values(aff.scale), per_channel_values(aff.shift)
+    # With padding, the border would see the shifted zero: not exact.
+    if isinstance(nxt, Conv2d) and nxt.padding == (0, 0, 0, 0) and s is not None and t is not None:
+        w = nxt.weight
+        return Conv2d(w * s[None, :, None, None], nxt.bias + np.einsum("ocij,c->o", w, t), nxt.stride, nxt.padding)
+    return None
+
+
+def _fold_affines(layers: list[Layer]) -> tuple[Layer, ...]:
+    """Merge ElementwiseAffine layers into a neighbouring linear layer wherever that is exact."""
+    out: list[Layer] = []
+    pending: ElementwiseAffine | None = None  # an affine waiting for a later linear layer
+    for layer in layers:
+        if isinstance(layer, ElementwiseAffine):
+            if np.all(layer.scale == 1) and np.all(layer.shift == 0):
                 continue
-            prev = layers[i - 1] if i > 0 else None
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
-            nxt2 = layers[i + 2] if i + 2 < len(layers) else None
-            merged: Layer | None = None
-            if isinstance(prev, Dense):
-                s, t = la.scale.reshape(-1), la.shift.reshape(-1)
-                merged = Dense(prev.weight * s[:, None], prev.bias * s + t)
-                layers[i - 1 : i + 1] = [merged]
-            elif isinstance(prev, Conv2d) and _per_channel(la.scale) is not None and _per_channel(la.shift) is not None:
-                s, t = _per_channel(la.scale), _per_channel(la.shift)
-                merged = Conv2d(prev.weight * s[:, None, None, None], prev.bias * s + t, prev.stride, prev.padding)
-                layers[i - 1 : i + 1] = [merged]
-            else:
-                target, span = (nxt, 2) if isinstance(nxt, (Dense, Conv2d)) else (nxt2, 3) if isinstance(nxt, Flatten) else (None, 0)
-                if isinstance(target, Dense):
-                    s, t = la.scale.reshape(-1), la.shift.reshape(-1)
-                    merged = Dense(target.weight * s[None, :], target.bias + target.weight @ t)
-                elif isinstance(target, Conv2d) and span == 2 and target.padding == (0, 0, 0, 0):
-                    s, t = _per_channel(la.scale), _per_channel(la.shift)
-                    if s is not None and t is not None:
-                        w = target.weight
-                        merged = Conv2d(w * s[None, :, None, None], target.bias + np.einsum("ocij,c->o", w, t), target.stride, target.padding)
-                if merged is not None:
-                    replacement = [merged] if span == 2 else [Flatten(), merged]
-                    layers[i : i + span] = replacement
+            if pending is not None:
+                pending = _fold_backward(pending, layer)  # type: ignore[assignment]
+                continue
+            merged = _fold_backward(out[-1], layer) if out else None
             if merged is not None:
-                changed = True
-                break
+                out[-1] = merged
+            else:
+                pending = layer
+            continue
+        if pending is not None and isinstance(layer, Flatten):
+            flat = ElementwiseAffine(pending.scale.reshape(-1), pending.shift.reshape(-1))
+            out.append(layer)
+            pending = flat
+            continue
+        if pending is not None:
+            merged = _fold_forward(pending, layer)
+            if merged is None:
+                out.append(pending)
+            else:
+                layer = merged
+            pending = None
+        out.append(layer)
+    if pending is not None:
+        out.append(pending)
     return tuple(
         Dense(_f32(la.weight), _f32(la.bias)) if isinstance(la, Dense)
         else Conv2d(_f32(la.weight), _f32(la.bias), la.stride, la.padding) if isinstance(la, Conv2d)
+        else ElementwiseAffine(_f32(la.scale), _f32(la.shift)) if isinstance(la, ElementwiseAffine)
         else la
-        for la in layers
+        for la in out
     )

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from vfnn.errors import ModelError
-from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, Layer, Network, ReLU
+from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, Layer, Network, ReLU, per_channel_values
 
 SUPPORTED_OPS = (
     "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Conv", "Flatten", "Reshape", "Squeeze",
@@ -267,7 +267,11 @@ def network_to_onnx(net: Network) -> onnx.ModelProto:
         elif isinstance(layer, AvgPool2d):
             nodes.append(helper.make_node("AveragePool", [current], [out], kernel_shape=list(layer.kernel),
                                           strides=list(layer.stride)))
-        elif isinstance(layer, ElementwiseAffine):
+        elif isinstance(layer, ElementwiseAffine) and _diagonal_conv(layer) is not None:
+            w, b = _diagonal_conv(layer)
+            inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
+            nodes.append(helper.make_node("Conv", [current, f"W{i}", f"B{i}"], [out], kernel_shape=[1, 1]))
+        elif isinstance(layer, ElementwiseAffine):  # per-pixel affine: no clean form exists
             inits += [numpy_helper.from_array(layer.scale[None].astype(np.float32), f"S{i}"),
                       numpy_helper.from_array(layer.shift[None].astype(np.float32), f"T{i}")]
             nodes += [helper.make_node("Mul", [current, f"S{i}"], [out + "_mul"]),
@@ -283,6 +287,19 @@ def network_to_onnx(net: Network) -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def _diagonal_conv(layer: ElementwiseAffine) -> tuple[np.ndarray, np.ndarray] | None:
+    """A per-channel affine on (C, H, W) as the weights of an exact 1x1 Conv, else None."""
+    if layer.scale.ndim != 3:
+        return None
+    s, t = per_channel_values(layer.scale), per_channel_values(layer.shift)
+    if s is None or t is None:
+        return None
+    c = layer.scale.shape[0]
+    w = np.zeros((c, c, 1, 1), np.float32)
+    w[np.arange(c), np.arange(c), 0, 0] = s
+    return w, t.astype(np.float32)
 
 
 def save_onnx(net: Network, path: str | Path) -> Path:

@@ -1,0 +1,19 @@
+"""Shared test fixtures: where the real data next to the repository lives."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ACASXU = SHARED / "benchmarks" / "acasxu"
+MNIST = SHARED / "datasets" / "mnist"
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def acasxu() -> Path:
+    if not ACASXU.is_dir():
+        pytest.skip(f"ACAS Xu benchmark not found at {ACASXU}")
+    return ACASXU
