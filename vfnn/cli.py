@@ -46,3 +46,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Subcommands register themselves below (one import per module that defines commands).
+from vfnn.train.cli import train  # noqa: E402
+
+cli.add_command(train)
+from vfnn.campaign.cli import bench_cmd, gate_cmd, report_cmd, specs_cmd  # noqa: E402
+
+for _cmd in (specs_cmd, bench_cmd, report_cmd, gate_cmd):
+    cli.add_command(_cmd)
+from vfnn.verify_cli import verifiers_cmd, verify_cmd  # noqa: E402
+
+cli.add_command(verify_cmd)
+cli.add_command(verifiers_cmd)
+from vfnn.stats_cli import stats  # noqa: E402
+
+cli.add_command(stats)

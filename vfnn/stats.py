@@ -9,6 +9,13 @@ figure that verification time follows.  Every verification result carries an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from vfnn.network import Network
+    from vfnn.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -19,7 +26,7 @@ class LayerStats:
     neurons: int
     unstable: int
     active: int  # l >= 0: the ReLU is the identity on the whole region
-    inactive: int  # u <= 0: the ReLU outputs 0 on the whole region
+    inactive: int  # u <= 0 (and not l >= 0): the ReLU outputs 0 on the whole region
 
 
 @dataclass(frozen=True)
@@ -58,3 +65,50 @@ class UnstableRecord:
             tuple(d["output_lower"]),
             tuple(d["output_upper"]),
         )
+
+
+def unstable_record(network: Network, spec: Spec, method: str = "crown") -> UnstableRecord:
+    """Bound ``network`` over every input box of ``spec`` and count neuron states per ReLU layer.
+
+    Each case is bounded on its own (float64, on the CPU).  ``C`` for a case is the stack of
+    the A rows of all its unsafe disjuncts, so ``output_lower``/``output_upper`` bound every row
+    of ``A @ y`` (cases in order, disjuncts in order, rows in order).  Per-layer counts are summed
+    over the cases: with two boxes a neuron unstable on both counts twice, so ``neurons`` is the
+    layer width times the number of cases.
+    """
+    import torch
+
+    from vfnn.bounds import compute_bounds
+
+    spec.check_fits(network.input_size, network.output_size, network.name)
+    cases = spec.cases
+    lower = torch.as_tensor(np.stack([c.lower for c in cases]), dtype=torch.float64)
+    upper = torch.as_tensor(np.stack([c.upper for c in cases]), dtype=torch.float64)
+    lower, upper = lower.reshape(len(cases), *network.input_shape), upper.reshape(len(cases), *network.input_shape)
+    rows = [np.concatenate([h.A for h in c.unsafe], 0) if c.unsafe else np.zeros((0, spec.n_outputs)) for c in cases]
+    k = max(r.shape[0] for r in rows)
+    C = np.zeros((len(cases), max(k, 1), spec.n_outputs))
+    for i, r in enumerate(rows):
+        C[i, : r.shape[0]] = r
+    model = network.to_torch().double()
+    # One box at a time: auto_LiRPA's batched CROWN (which compute_bounds reproduces) picks the
+    # neurons it refines from the whole batch, so a record must not depend on how cases are grouped.
+    pre: list[tuple[torch.Tensor, torch.Tensor]] = []
+    out_lo, out_hi = [], []
+    with torch.no_grad():
+        for i in range(len(cases)):
+            b = compute_bounds(model, lower[i: i + 1], upper[i: i + 1], torch.as_tensor(C[i: i + 1]),
+                               method=method)  # type: ignore[arg-type]
+            pre = [(torch.cat([p[0], lo]), torch.cat([p[1], hi])) for p, (lo, hi) in zip(pre, b.pre_activation,
+                                                                                          strict=True)] \
+                if pre else list(b.pre_activation)
+            out_lo.append(b.lower[0])
+            out_hi.append(b.upper[0])
+    layers = []
+    for i, (lo, up) in enumerate(pre):
+        lo, up = lo.reshape(len(cases), -1), up.reshape(len(cases), -1)
+        layers.append(LayerStats(i, int(lo.numel()), int(((lo < 0) & (up > 0)).sum()), int((lo >= 0).sum()),
+                                 int((up <= 0).sum() - ((lo >= 0) & (up <= 0)).sum())))
+    out_l = [float(v) for i, r in enumerate(rows) for v in out_lo[i][: r.shape[0]].tolist()]
+    out_u = [float(v) for i, r in enumerate(rows) for v in out_hi[i][: r.shape[0]].tolist()]
+    return UnstableRecord(method, tuple(layers), tuple(out_l), tuple(out_u))

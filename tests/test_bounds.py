@@ -1,0 +1,197 @@
+"""Bound propagation: soundness on sampled points, ordering of the methods, gradients, and
+agreement with auto_LiRPA on stored reference values."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vfnn.bounds import compute_bounds
+from vfnn.errors import ModelError
+from vfnn.network import ElementwiseAffineModule
+
+DATA = Path(__file__).parent / "data" / "lirpa_crown_reference.npz"
+METHODS = ("ibp", "crown", "alpha-crown")
+
+
+def _init(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (scale if p.dim() > 1 else 0.1))
+    return model.double().eval()
+
+
+def mlp(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(),
+                      nn.Linear(12, 4))
+    return _init(m, seed), (6,)
+
+
+def cnn(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """Every module kind: normalisation, padded/strided convolutions, pooling, flatten."""
+    g = torch.Generator().manual_seed(seed + 100)
+    m = nn.Sequential(
+        ElementwiseAffineModule(torch.rand(2, 9, 9, generator=g) + 0.5, torch.randn(2, 9, 9, generator=g) * 0.1),
+        nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 5, 2, stride=1, padding=1), nn.ReLU(),
+        nn.AvgPool2d(2, 2), nn.Flatten(), nn.Linear(45, 10), nn.ReLU(), nn.Linear(10, 3))
+    m = _init(m, seed)
+    return m, (2, 9, 9)
+
+
+def _forward_with_pre(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    pre = []
+    for m in model:
+        if isinstance(m, nn.ReLU):
+            pre.append(x)
+        x = m(x)
+    return pre, x.flatten(1)
+
+
+def _boxes(shape: tuple[int, ...], B: int, eps: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, *shape, generator=g, dtype=torch.float64)
+    r = eps * torch.rand(B, *shape, generator=g, dtype=torch.float64)
+    return x - r, x + r
+
+
+@pytest.mark.parametrize("builder", [mlp, cnn])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sampled_points_lie_within_all_bounds(builder, seed: int) -> None:
+    model, shape = builder(seed)
+    B, n = 3, 4000
+    lower, upper = _boxes(shape, B, 0.3, seed)
+    n_out = model(lower).flatten(1).shape[1]
+    C = torch.randn(B, 5, n_out, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    results = {m: compute_bounds(model, lower, upper, C, method=m, alpha_steps=5) for m in METHODS}
+    g = torch.Generator().manual_seed(seed + 7)
+    for b in range(B):
+        u = torch.rand(n, *shape, generator=g, dtype=torch.float64)
+        u[: n // 4] = torch.round(u[: n // 4])  # vertices of the box, where extremes are often attained
+        x = lower[b] + u * (upper[b] - lower[b])
+        with torch.no_grad():
+            pre, y = _forward_with_pre(model, x)
+        cy = y @ C[b].T
+        for method, res in results.items():
+            assert len(res.pre_activation) == len(pre)
+            for (lo, hi), z in zip(res.pre_activation, pre, strict=True):
+                assert lo.shape == (B, *z.shape[1:])
+                assert torch.all(z >= lo[b] - 1e-9), method
+                assert torch.all(z <= hi[b] + 1e-9), method
+            assert torch.all(cy >= res.lower[b] - 1e-9), method
+            assert torch.all(cy <= res.upper[b] + 1e-9), method
+
+
+@pytest.mark.parametrize("builder", [mlp, cnn])
+def test_crown_never_looser_than_ibp_and_alpha_never_looser_than_crown(builder) -> None:
+    model, shape = builder(5)
+    lower, upper = _boxes(shape, 4, 0.5, 5)
+    ibp = compute_bounds(model, lower, upper, method="ibp")
+    crown = compute_bounds(model, lower, upper, method="crown")
+    alpha = compute_bounds(model, lower, upper, method="alpha-crown", alpha_steps=10)
+    assert torch.all(crown.lower >= ibp.lower) and torch.all(crown.upper <= ibp.upper)
+    assert torch.all(alpha.lower >= crown.lower) and torch.all(alpha.upper <= crown.upper)
+    # the optimisation does something on this network
+    assert float((alpha.lower - crown.lower).sum().detach() + (crown.upper - alpha.upper).sum().detach()) > 1e-6
+    # and CROWN itself is a real improvement over IBP here, not just the intersection
+    assert float((crown.upper - crown.lower).sum().detach()) < float((ibp.upper - ibp.lower).sum().detach())
+
+
+def test_exact_box_gives_exact_output() -> None:
+    model, shape = cnn(3)
+    x = torch.rand(2, *shape, dtype=torch.float64)
+    y = model(x).flatten(1)
+    for method in METHODS:
+        b = compute_bounds(model, x, x.clone(), method=method)
+        assert torch.allclose(b.lower, y, atol=1e-9) and torch.allclose(b.upper, y, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_bounds_are_differentiable_wrt_parameters(method: str) -> None:
+    model, shape = cnn(4)
+    model = model.float().train()
+    lower, upper = (t.float() for t in _boxes(shape, 3, 0.2, 4))
+    C = torch.randn(3, 2, 3)
+    res = compute_bounds(model, lower, upper, C, method=method)
+    loss = -res.lower.sum() + sum(torch.tanh(1 + lo * hi).sum() for lo, hi in res.pre_activation)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+
+
+def test_alpha_crown_leaves_parameter_gradients_alone() -> None:
+    model, shape = mlp(1)
+    lower, upper = _boxes(shape, 2, 0.3, 1)
+    compute_bounds(model, lower, upper, method="alpha-crown", alpha_steps=3)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_shared_and_per_box_C_agree_and_C_none_bounds_outputs() -> None:
+    model, shape = mlp(2)
+    lower, upper = _boxes(shape, 3, 0.2, 2)
+    C = torch.randn(2, 4, dtype=torch.float64)
+    shared = compute_bounds(model, lower, upper, C)
+    per_box = compute_bounds(model, lower, upper, C.expand(3, 2, 4))
+    assert torch.allclose(shared.lower, per_box.lower) and torch.allclose(shared.upper, per_box.upper)
+    eye = compute_bounds(model, lower, upper, None)
+    rows = compute_bounds(model, lower, upper, torch.eye(4, dtype=torch.float64))
+    assert eye.lower.shape == (3, 4)
+    assert torch.allclose(eye.lower, rows.lower) and torch.allclose(eye.upper, rows.upper)
+
+
+def test_unsupported_module_is_a_model_error() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
+    with pytest.raises(ModelError, match="Tanh"):
+        compute_bounds(model, torch.zeros(1, 3), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="unknown bound method"):
+        compute_bounds(model, torch.zeros(1, 3), torch.ones(1, 3), method="lp")  # type: ignore[arg-type]
+
+
+# The reference file holds two float32 networks (an MLP 12-24x3-5 and a CNN with padding, stride,
+# average pooling and flatten), boxes, per-box C matrices, and the bounds auto_LiRPA 0.7.0 (the copy
+# inside alpha-beta-CROWN, Dec 2025 release) computed for them with
+# BoundedModule(model, x0).compute_bounds(x=(BoundedTensor(x, PerturbationLpNorm(x_L=lo, x_U=hi)),),
+# method=m, C=C) for m in ("IBP", "CROWN"), the pre-activation bounds read from each BoundRelu's
+# input node.  It was generated once outside the repository.
+def _reference_model(tag: str) -> nn.Module:
+    if tag == "mlp":
+        return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(),
+                             nn.Linear(24, 5))
+    return nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=1, padding=1),
+                         nn.ReLU(), nn.AvgPool2d(2, 2), nn.Flatten(), nn.Linear(24, 20), nn.ReLU(), nn.Linear(20, 5))
+
+
+@pytest.mark.parametrize("tag", ["mlp", "cnn"])
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_matches_auto_lirpa_reference(tag: str, method: str) -> None:
+    ref = np.load(DATA)
+    model = _reference_model(tag)
+    params = list(model.parameters())
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(torch.from_numpy(ref[f"{tag}/param{i}"]))
+    lower, upper, C = (torch.from_numpy(ref[f"{tag}/{k}"]) for k in ("lower", "upper", "C"))
+    res = compute_bounds(model, lower, upper, C, method=method, intersect_ibp=False)
+    key = f"{tag}/{method.upper()}"
+    scale = max(1.0, float(np.abs(ref[f"{key}/upper"]).max()))
+    assert np.abs(res.lower.detach().numpy() - ref[f"{key}/lower"]).max() <= 1e-5 * scale
+    assert np.abs(res.upper.detach().numpy() - ref[f"{key}/upper"]).max() <= 1e-5 * scale
+    for j, (lo, hi) in enumerate(res.pre_activation):
+        np.testing.assert_allclose(lo.detach().numpy(), ref[f"{key}/pre{j}_lower"], atol=1e-5 * scale, rtol=0)
+        np.testing.assert_allclose(hi.detach().numpy(), ref[f"{key}/pre{j}_upper"], atol=1e-5 * scale, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    model, shape = cnn(6)
+    lower, upper = _boxes(shape, 3, 0.2, 6)
+    for method in METHODS:
+        cpu = compute_bounds(model, lower, upper, method=method, alpha_steps=3)
+        gpu = compute_bounds(model.cuda(), lower.cuda(), upper.cuda(), method=method, alpha_steps=3)
+        model.cpu()
+        assert gpu.lower.is_cuda
+        assert torch.allclose(cpu.lower, gpu.lower.cpu(), atol=1e-8) and torch.allclose(cpu.upper, gpu.upper.cpu(),
+                                                                                         atol=1e-8)

@@ -1,0 +1,90 @@
+"""``vfnn train`` from the command line: help, a complete run, resume, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vfnn.cli import main
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_states_nbc_formula_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    assert "-tanh(1 + c * z_ij(x) * z_ij(x'))" in out
+    for text in ("--reg NAME[:WEIGHT]", "--schedule", "crown-ibp", "--radii", "--resume", "--nbc-neighbours",
+                 "default weight", "[default: both]"):
+        assert text in out, text
+
+
+def test_complete_run_and_resume_of_a_finished_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(["train", "--arch", "fc:16x2", "--schedule", "ce:1,ce+nbc:1", "--reg", "nbc:2",
+                            "--eval-size", "50", "--eval-pgd-steps", "3", "--out", str(out_dir), "--quiet"], capsys)
+    assert code == 0, err
+    assert err == ""
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "model.onnx", "summary.json"):
+        assert (out_dir / name).exists(), name
+    cfg = json.loads((out_dir / "config.json").read_text())
+    assert cfg["reg_weights"] == {"nbc": 2.0}
+    # argv is the equivalent command line, options in the command's own order.
+    assert cfg["argv"] == ["vfnn", "train", "--eval-size", "50", "--arch", "fc:16x2", "--reg", "nbc:2", "--schedule",
+                           "ce:1,ce+nbc:1", "--eval-pgd-steps", "3", "--out", str(out_dir), "--quiet"]
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["phase"] for line in lines] == ["ce", "ce+nbc"]
+    assert torch.load(out_dir / "model.pt", weights_only=True)["n_classes"] == 10
+    code, out, _ = run_cli(["train", "--resume", str(out_dir)], capsys)
+    assert code == 0 and "already complete" in out
+    # Starting a new run over an existing one is refused with a hint.
+    code, _, err = run_cli(["train", "--epochs", "1", "--out", str(out_dir), "--quiet"], capsys)
+    assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_progress_output_when_not_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["train", "--arch", "fc:8", "--epochs", "1", "--eval-size", "20", "--eval-pgd-steps", "2",
+                            "--out", str(tmp_path / "r")], capsys)
+    assert code == 0
+    assert "epoch 1/1" in err and "model.onnx" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "fc:abc"], "bad architecture 'fc:abc'"),
+    (["--reg", "nbcc:1"], "unknown regulariser 'nbcc'"),
+    (["--reg", "nbc:lots"], "is not a number"),
+    (["--schedule", "ce:2,nbc:2"], "must start with a method"),
+    (["--schedule", "ce:2", "--reg", "rs"], "--reg rs is not used by any --schedule phase"),
+    (["--schedule", "ce:2", "--epochs", "3"], "--epochs and --schedule"),
+    (["--method", "ibp", "--radii", "0.1,0.2", "--radius-weights", "1,2"], "strictly decreasing"),
+    (["--nbc-layer-weights", "1,2,3,4,5"], "--nbc-layer-weights has 5 values"),
+    (["--init", "missing.onnx"], "missing.onnx: no such file"),
+    (["--dataset", "mnist", "--no-download"], "downloads are disabled"),
+])
+def test_errors_are_one_clear_line(args: list[str], message: str, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "-q"]
+    code, _, err = run_cli(base + args, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vfnn: error: ") and message in lines[0], err
+
+
+def test_resume_rejects_new_training_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "r").mkdir()
+    code, _, err = run_cli(["train", "--resume", str(tmp_path / "r")], capsys)
+    assert code == 2 and "no config.json" in err
+    (tmp_path / "r" / "config.json").write_text("{}")
+    code, _, err = run_cli(["train", "--resume", str(tmp_path / "r"), "--lr", "0.1"], capsys)
+    assert code == 2 and "only --device" in err and "--lr" in err

@@ -1,0 +1,105 @@
+"""NBC surrogate, neighbours and metric; PGD stays in its ball."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vfnn.train.attacks import pgd, project, uniform_in_ball
+from vfnn.train.models import build_model, forward_with_preacts
+from vfnn.train.regularisers import NBCOptions, layer_weights, nbc_agreement, nbc_neighbours, nbc_surrogate
+
+
+@pytest.fixture
+def net() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return build_model("fc:32x3", (1, 8, 8), 10, [0.3], [0.3])
+
+
+def test_surrogate_rewards_agreement() -> None:
+    same = nbc_surrogate([torch.tensor([[1.0, -2.0]])], [torch.tensor([[0.5, -1.0]])], 1.0, [1.0])
+    flipped = nbc_surrogate([torch.tensor([[1.0, -2.0]])], [torch.tensor([[-0.5, 1.0]])], 1.0, [1.0])
+    assert same < -torch.tanh(torch.tensor(1.0)) < flipped
+    expected = (-torch.tanh(1 + torch.tensor([0.5, 2.0]))).mean()
+    assert torch.isclose(same, expected)
+
+
+def test_layer_weights_normalise() -> None:
+    assert layer_weights(3, None) == pytest.approx([1 / 3] * 3)
+    assert layer_weights(2, (1.0, 3.0)) == pytest.approx([0.25, 0.75])
+    with pytest.raises(ValueError):
+        layer_weights(3, (1.0, 1.0))
+
+
+def test_neighbours_stay_in_ball_and_pixel_box(net: torch.nn.Sequential) -> None:
+    x = torch.rand(16, 1, 8, 8)
+    x[:, :, 0, 0] = 0.0
+    x[:, :, 0, 1] = 1.0
+    _, z = forward_with_preacts(net, x)
+    for kind, count in (("uniform", 3), ("adversarial", 1), ("both", 4)):
+        xn = nbc_neighbours(net, x, z, 0.1, NBCOptions(neighbours=kind, samples=3, steps=5))
+        assert xn.shape[0] == count * 16
+        assert (xn - x.repeat(count, 1, 1, 1)).abs().max() <= 0.1 + 1e-6
+        assert xn.min() >= 0.0 and xn.max() <= 1.0
+
+
+def test_adversarial_neighbours_find_more_disagreement(net: torch.nn.Sequential) -> None:
+    x = torch.rand(64, 1, 8, 8)
+    _, z = forward_with_preacts(net, x)
+    gen = torch.Generator().manual_seed(0)
+    uni = nbc_neighbours(net, x, z, 0.1, NBCOptions(neighbours="uniform", samples=4), gen)
+    adv = nbc_neighbours(net, x, z, 0.1, NBCOptions(neighbours="adversarial", steps=10), gen)
+    _, agree_uniform = nbc_agreement(net, x, uni)
+    per_layer, agree_adv = nbc_agreement(net, x, adv)
+    assert agree_adv < agree_uniform < 1.0
+    assert len(per_layer) == 3 and all(0 <= v <= 1 for v in per_layer)
+    assert nbc_agreement(net, x, x)[1] == 1.0
+
+
+def test_nbc_gradient_reduces_disagreement(net: torch.nn.Sequential) -> None:
+    """A few steps on the NBC loss alone raise the NBC metric (the surrogate points the right way)."""
+    x = torch.rand(128, 1, 8, 8)
+    opts = NBCOptions(neighbours="uniform", samples=2)
+    gen = torch.Generator().manual_seed(1)
+    _, z = forward_with_preacts(net, x)
+    probe = nbc_neighbours(net, x, z, 0.2, NBCOptions(neighbours="uniform", samples=4), gen)
+    before = nbc_agreement(net, x, probe)[1]
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(30):
+        _, z = forward_with_preacts(net, x)
+        xn = nbc_neighbours(net, x, z, 0.2, opts)
+        loss = nbc_surrogate(z, forward_with_preacts(net, xn)[1], 1.0, layer_weights(3, None))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert nbc_agreement(net, x, probe)[1] > before
+
+
+def test_pgd_stays_in_ball_and_raises_loss(net: torch.nn.Sequential) -> None:
+    x = torch.rand(32, 1, 8, 8)
+    y = torch.randint(0, 10, (32,))
+    gen = torch.Generator().manual_seed(2)
+    x_adv = pgd(net, x, y, 0.1, 10, generator=gen)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        noise = F.cross_entropy(net(uniform_in_ball(x, 0.1, gen)), y)
+        assert F.cross_entropy(net(x_adv), y) > noise
+    assert torch.equal(project(x + 1.0, x, 0.1), (x + 0.1).clamp(0, 1))
+
+
+def test_certified_margin_bounds_are_sound_and_ordered(net: torch.nn.Sequential) -> None:
+    """ibp <= crown-ibp <= crown lower bounds, all below every sampled margin; the y row is 0."""
+    from vfnn.train.objectives import margin_lower_bounds
+
+    x = torch.rand(16, 1, 8, 8)
+    y = torch.randint(0, 10, (16,))
+    lb = {m: margin_lower_bounds(net, x, y, 0.02, 10, m).detach() for m in ("ibp", "crown-ibp", "crown")}
+    assert (lb["ibp"] <= lb["crown-ibp"] + 1e-5).all() and (lb["crown-ibp"] <= lb["crown"] + 1e-5).all()
+    assert lb["crown-ibp"][torch.arange(16), y].abs().max() == 0
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _ in range(50):
+            out = net(uniform_in_ball(x, 0.02, gen))
+            assert (lb["crown"] <= out.gather(1, y[:, None]) - out + 1e-5).all()
+    assert margin_lower_bounds(net, x, y, 0.02, 10, "crown-ibp").requires_grad

@@ -1,0 +1,267 @@
+"""IBP, CROWN and alpha-CROWN over a :class:`~vfnn.bounds.plan.Plan`.
+
+Linear bounds are carried as a tensor ``A`` of shape ``(Bb, P, m, *shape)``: ``Bb`` is 1 while
+the coefficients are the same for every box (before the first ReLU relaxation) and ``B`` after;
+``P`` is 1 while the lower-bound and upper-bound functions coincide and 2 after (index 0 bounds
+from below, index 1 from above); ``m`` is the number of bounded functions (rows).  Biases have
+shape ``(Bb, P, m)``.  Keeping both sides in one tensor makes every linear-layer step a single
+GEMM or transposed convolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import torch
+from torch import nn
+
+from vfnn.bounds.affine import Affine
+from vfnn.bounds.plan import Plan
+
+# Largest number of elements one coefficient tensor may hold before rows are split into chunks.
+ELEMENT_BUDGET = 1 << 25
+# auto_LiRPA's `minimum_sparsity`: CROWN refines only reference-unstable neurons when they are at
+# most this fraction of a layer, otherwise every neuron of the layer.
+SPARSE_FRACTION = 0.9
+
+Interval = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Relaxation:
+    """CROWN's linear bounds of one ReLU layer: ``ld*x <= relu(x) <= ud*x + ub`` (each (B, *shape))."""
+
+    lower_d: torch.Tensor
+    upper_d: torch.Tensor
+    upper_b: torch.Tensor
+    active: torch.Tensor  # l >= 0
+    unstable: torch.Tensor  # not active and u > 0
+
+    @staticmethod
+    def of(lower: torch.Tensor, upper: torch.Tensor) -> Relaxation:
+        """The triangle relaxation with the adaptive lower slope, computed as auto_LiRPA does
+        (including its 1e-8 guard), so stable neurons get slopes exactly 0 or 1."""
+        lb_r = lower.clamp(max=0)
+        ub_r = torch.max(upper.clamp(min=0), lb_r + 1e-8)
+        upper_d = ub_r / (ub_r - lb_r)
+        upper_b = -lb_r * upper_d
+        lower_d = (upper_d > 0.5).to(upper_d.dtype)
+        active = lower >= 0
+        return Relaxation(lower_d, upper_d, upper_b, active, ~active & (upper > 0))
+
+
+# -- IBP --------------------------------------------------------------------------------------------
+def ibp_chain(chain: list[Affine], lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+    for aff in chain:
+        lo, hi = aff.interval(lo, hi)
+    return lo, hi
+
+
+def _interval_times(W: torch.Tensor, b: torch.Tensor | None, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+    """Interval of ``W @ x + b`` for x in [lo, hi] (B, n); W is (k, n) or (B, k, n)."""
+    mid, diff = ((hi + lo) / 2.0).unsqueeze(-1), ((hi - lo) / 2.0).unsqueeze(-1)
+    c, r = (W @ mid).squeeze(-1), (W.abs() @ diff).squeeze(-1)
+    if b is not None:
+        c = c + b
+    return c - r, c + r
+
+
+def ibp(plan: Plan, lower: torch.Tensor, upper: torch.Tensor,
+        C: torch.Tensor | None) -> tuple[list[Interval], Interval]:
+    """Interval bound propagation; with C, a final Linear layer is merged with C first
+    (``C @ W``), as auto_LiRPA does, which is tighter than bounding y and then C @ y."""
+    lo, hi = lower, upper
+    pre: list[Interval] = []
+    for i in range(plan.n_relu):
+        lo, hi = ibp_chain(plan.chains[i], lo, hi)
+        pre.append((lo, hi))
+        lo, hi = lo.clamp(min=0), hi.clamp(min=0)
+    last = plan.chains[-1]
+    if C is not None and last and isinstance(last[-1].module, nn.Linear):
+        lo, hi = ibp_chain(last[:-1], lo, hi)
+        m = last[-1].module
+        W = C @ m.weight.to(C.dtype)
+        b = None if m.bias is None else C @ m.bias.to(C.dtype)
+        return pre, _interval_times(W, b, lo.flatten(1), hi.flatten(1))
+    lo, hi = ibp_chain(last, lo, hi)
+    lo, hi = lo.flatten(1), hi.flatten(1)
+    return pre, ((lo, hi) if C is None else _interval_times(C, None, lo, hi))
+
+
+# -- backward (CROWN) -------------------------------------------------------------------------------
+def _relu_backward(A: torch.Tensor, bias: torch.Tensor, rx: Relaxation,
+                   alpha: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace ReLU outputs by their linear bounds, choosing by the sign of each coefficient.
+
+    ``alpha`` (B, 2, m, *shape), if given, replaces the lower slope of unstable neurons
+    (index 0 for the lower-bound rows, 1 for the upper-bound rows)."""
+    nd = rx.upper_d.dim() - 1
+    ud, ub = rx.upper_d.unsqueeze(1), rx.upper_b.unsqueeze(1)
+    if alpha is None:
+        ld_l = ld_u = rx.lower_d.unsqueeze(1)
+    else:
+        a = alpha.clamp(0, 1) * rx.unstable.unsqueeze(1).unsqueeze(1) + rx.active.unsqueeze(1).unsqueeze(1)
+        ld_l, ld_u = a[:, 0], a[:, 1]
+    lA, uA = A[:, 0], A[:, -1]
+    l_neg, u_pos = lA.clamp(max=0), uA.clamp(min=0)
+    new_l = (lA - l_neg) * ld_l + l_neg * ud
+    new_u = u_pos * ud + (uA - u_pos) * ld_u
+    add_l = (l_neg * ub).flatten(-nd).sum(-1)
+    add_u = (u_pos * ub).flatten(-nd).sum(-1)
+    return torch.stack((new_l, new_u), 1), bias + torch.stack((add_l, add_u), 1)
+
+
+def _concretize(A: torch.Tensor, bias: torch.Tensor, center: torch.Tensor, diff: torch.Tensor) -> Interval:
+    """Bounds of the linear functions A @ x + bias over the box center +- diff (auto_LiRPA's form)."""
+    Bb, P, m = A.shape[:3]
+    A = A.reshape(Bb, P * m, -1)
+    if Bb == 1:
+        ac, ad = center @ A[0].T, diff @ A[0].abs().T
+    else:
+        ac = torch.bmm(A, center.unsqueeze(-1)).squeeze(-1)
+        ad = torch.bmm(A.abs(), diff.unsqueeze(-1)).squeeze(-1)
+    B = center.shape[0]
+    ac, ad = ac.reshape(B, P, m), ad.reshape(B, P, m)
+    bias = bias.expand(B, P, m)
+    return ac[:, 0] - ad[:, 0] + bias[:, 0], ac[:, -1] + ad[:, -1] + bias[:, -1]
+
+
+def backward_bounds(plan: Plan, relax: list[Relaxation], start: int, A: torch.Tensor, center: torch.Tensor,
+                    diff: torch.Tensor, alphas: list[torch.Tensor] | None = None) -> Interval:
+    """Bounds of the functions ``A`` (Bb, 1, m, *shape) of the output of ``chains[start]``,
+    by back-substitution to the input box."""
+    bias = torch.zeros(A.shape[:3], dtype=A.dtype, device=A.device)
+    for j in range(start, -1, -1):
+        for aff in reversed(plan.chains[j]):
+            A, b = aff.backward(A)
+            if b is not None:
+                bias = bias + b
+        if j > 0:
+            A, bias = _relu_backward(A, bias, relax[j - 1], None if alphas is None else alphas[j - 1])
+    return _concretize(A, bias, center, diff)
+
+
+def _path_numel(plan: Plan, start: int) -> int:
+    sizes = [prod(plan.input_shape)] + [prod(a.out_shape) for c in plan.chains[: start + 1] for a in c]
+    return max(sizes)
+
+
+def crown_rows(plan: Plan, relax: list[Relaxation], start: int, rows: torch.Tensor | None,
+               center: torch.Tensor, diff: torch.Tensor) -> Interval:
+    """CROWN bounds of the neurons ``rows`` (flat indices; None = all) at the output of ``chains[start]``."""
+    shape = plan.chain_out_shape(start)
+    n = prod(shape)
+    idx = torch.arange(n, device=center.device) if rows is None else rows
+    B = center.shape[0]
+    chunk = max(1, ELEMENT_BUDGET // (B * 2 * _path_numel(plan, start)))
+    los, his = [], []
+    for s in range(0, idx.numel(), chunk):
+        r = idx[s: s + chunk]
+        eye = torch.zeros(r.numel(), n, dtype=center.dtype, device=center.device)
+        eye[torch.arange(r.numel(), device=eye.device), r] = 1.0
+        lo, hi = backward_bounds(plan, relax, start, eye.reshape(1, 1, r.numel(), *shape), center, diff)
+        los.append(lo)
+        his.append(hi)
+    return torch.cat(los, 1), torch.cat(his, 1)
+
+
+def spec_rows(plan: Plan, C: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The output functions as a coefficient tensor (Bb, 1, k, *output_shape)."""
+    n = prod(plan.output_shape)
+    if C is None:
+        C = torch.eye(n, dtype=dtype, device=device)
+    if C.dim() == 2:
+        C = C.unsqueeze(0)
+    return C.reshape(C.shape[0], 1, C.shape[1], *plan.output_shape)
+
+
+def _ibp_only(chain: list[Affine], first: bool) -> bool:
+    """Chains whose pre-activation bounds auto_LiRPA takes from interval arithmetic: reshapes
+    only (nothing to relax), and a single Linear/Conv on the input (IBP is exact there)."""
+    if all(isinstance(a.module, nn.Flatten) for a in chain):
+        return True
+    return first and len(chain) == 1 and isinstance(chain[0].module, (nn.Linear, nn.Conv2d))
+
+
+def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor) -> tuple[list[Interval], list[Relaxation]]:
+    """Pre-activation bounds of every ReLU layer, computed as auto_LiRPA's ``method="CROWN"``.
+
+    For layer i a reference interval is first propagated from layer i-1's bounds (IBP over one
+    chain).  Neurons stable under the reference keep it; CROWN is run from the neurons that are
+    unstable for some box of the batch.  When those are more than 90% of the layer, CROWN is run
+    from every neuron and the reference is dropped.  This reproduces auto_LiRPA's default
+    (``sparse_intermediate_bounds``) exactly, which is what makes the results comparable."""
+    B = lower.shape[0]
+    center, diff = ((upper + lower) / 2.0).flatten(1), ((upper - lower) / 2.0).flatten(1)
+    pre: list[Interval] = []
+    relax: list[Relaxation] = []
+    for i in range(plan.n_relu):
+        lo, hi = (lower, upper) if i == 0 else (pre[-1][0].clamp(min=0), pre[-1][1].clamp(min=0))
+        ref_l, ref_u = ibp_chain(plan.chains[i], lo, hi)
+        if not _ibp_only(plan.chains[i], i == 0):
+            shape = plan.pre_shapes[i]
+            rl, ru = ref_l.reshape(B, -1), ref_u.reshape(B, -1)
+            locs = ((rl < 0) & (ru > 0)).any(0)
+            count = int(locs.sum())
+            if 0 < count <= SPARSE_FRACTION * rl.shape[1]:
+                idx = locs.nonzero().squeeze(1)
+                cl, cu = crown_rows(plan, relax, i, idx, center, diff)
+                ref_l = rl.index_copy(1, idx, cl).reshape(B, *shape)
+                ref_u = ru.index_copy(1, idx, cu).reshape(B, *shape)
+            elif count > 0:
+                cl, cu = crown_rows(plan, relax, i, None, center, diff)
+                ref_l, ref_u = cl.reshape(B, *shape), cu.reshape(B, *shape)
+        pre.append((ref_l, ref_u))
+        relax.append(Relaxation.of(ref_l, ref_u))
+    return pre, relax
+
+
+def crown_output(plan: Plan, relax: list[Relaxation], lower: torch.Tensor, upper: torch.Tensor,
+                 C: torch.Tensor | None, alphas: list[torch.Tensor] | None = None) -> Interval:
+    """CROWN (or, with ``alphas``, alpha-CROWN) bounds of C @ y, in row chunks if C is large."""
+    B = lower.shape[0]
+    center, diff = ((upper + lower) / 2.0).flatten(1), ((upper - lower) / 2.0).flatten(1)
+    A = spec_rows(plan, C, lower.dtype, lower.device)
+    k = A.shape[2]
+    chunk = k if alphas is not None else max(1, ELEMENT_BUDGET // (B * 2 * _path_numel(plan, plan.n_relu)))
+    los, his = [], []
+    for s in range(0, k, chunk):
+        lo, hi = backward_bounds(plan, relax, plan.n_relu, A[:, :, s: s + chunk], center, diff, alphas)
+        los.append(lo)
+        his.append(hi)
+    return torch.cat(los, 1), torch.cat(his, 1)
+
+
+def alpha_crown_output(plan: Plan, relax: list[Relaxation], lower: torch.Tensor, upper: torch.Tensor,
+                       C: torch.Tensor | None, steps: int, lr: float) -> Interval:
+    """Optimise the lower slopes of unstable neurons (one set per output row, box and side) with
+    Adam, keeping the best bound seen per element; intermediate bounds stay CROWN's (auto_LiRPA's
+    default, ``enable_opt_interm_bounds=False``).  Not differentiable w.r.t. the parameters."""
+    B = lower.shape[0]
+    k = spec_rows(plan, C, lower.dtype, lower.device).shape[2]
+    relax = [Relaxation(*(t.detach() for t in (r.lower_d, r.upper_d, r.upper_b)), r.active, r.unstable)
+             for r in relax]
+    with torch.no_grad():
+        best_l, best_u = crown_output(plan, relax, lower, upper, C)
+    if steps <= 0 or not any(bool(r.unstable.any()) for r in relax):
+        return best_l, best_u
+    alphas = [r.lower_d.unsqueeze(1).unsqueeze(1).expand(B, 2, k, *r.lower_d.shape[1:]).clone().requires_grad_(True)
+              for r in relax]
+    opt = torch.optim.Adam(alphas, lr=lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.98)
+    for _ in range(steps):
+        with torch.enable_grad():
+            lo, hi = crown_output(plan, relax, lower, upper, C, alphas)
+            grads = torch.autograd.grad((hi - lo).sum(), alphas)
+        with torch.no_grad():
+            best_l, best_u = torch.max(best_l, lo.detach()), torch.min(best_u, hi.detach())
+            for a, g in zip(alphas, grads, strict=True):
+                a.grad = g
+            opt.step()
+            sched.step()
+            for a in alphas:
+                a.clamp_(0, 1)
+    with torch.no_grad():
+        lo, hi = crown_output(plan, relax, lower, upper, C, alphas)
+    return torch.max(best_l, lo), torch.min(best_u, hi)

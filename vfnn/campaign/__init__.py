@@ -1,0 +1,11 @@
+"""Verification campaigns: specs from data, batch runs with resume, reports and CI gates.
+
+The data flows one way::
+
+    vfnn specs  -> instances.csv + vnnlib/*.vnnlib + specs.json   (specgen, instances)
+    vfnn bench  -> results.jsonl (+ <verifier>/results.csv)       (jobs, runner, store)
+    vfnn report -> tables, report.md, figures/*.png                (report, figures)
+    vfnn gate   -> exit code + JUnit XML                           (gate)
+
+``results.jsonl`` is the single source of truth: every other output is derived from it.
+"""

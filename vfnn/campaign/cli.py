@@ -1,0 +1,172 @@
+"""The campaign commands: ``vfnn specs``, ``vfnn bench``, ``vfnn report``, ``vfnn gate``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from vfnn.errors import VfnnError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@click.command("specs")
+@click.option("--dataset", default="mnist", show_default=True, help="mnist, fashion-mnist, cifar10 or digits.")
+@click.option("--per-class", "per_class", type=int, required=True, help="Images per class (K).")
+@click.option("--eps", "eps", required=True, help="Comma-separated L-infinity radii, e.g. 0.02,0.05,0.1.")
+@click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
+              help="ONNX model for the instances.csv onnx column (repeatable: one row per model and spec).")
+@click.option("--correct-only", is_flag=True, help="Only images that every --model classifies correctly.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds, the instances.csv column.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "train"]))
+@click.option("--seed", type=int, default=None, help="Choose images in a seeded random order (default: dataset order).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset folder (default $VFNN_DATA).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+def specs_cmd(dataset: str, per_class: int, eps: str, models: tuple[str, ...], correct_only: bool, timeout: float,
+              split: str, seed: int | None, data_dir: str | None, out: str) -> None:
+    """Write local-robustness specs for K images per class (VNN-LIB + instances.csv + specs.json).
+
+    Images are the first K of each class in the split's order (or in a seeded random order with
+    --seed); each (image, eps) gives one file vnnlib/<dataset>_<split>_<index>_label<y>_eps<eps>.vnnlib
+    whose input box is clipped to [0, 1].  Models are referenced by relative path, not copied.
+    """
+    from vfnn.campaign.specgen import generate_specs
+
+    s = generate_specs(dataset, per_class, _floats(eps), out, list(models), correct_only, timeout, split, seed,
+                       data_dir)
+    click.echo(f"wrote {s.n_specs} specs for {s.n_images} images to {s.out / 'vnnlib'}")
+    if s.instances is not None:
+        click.echo(f"wrote {s.n_rows} instances to {s.instances}")
+    else:
+        click.echo("no --model given: instances.csv needs an onnx column, so it was not written")
+    if correct_only:
+        click.echo(f"skipped {s.skipped_misclassified} misclassified images")
+    for c, k in s.short_classes.items():
+        click.echo(f"warning: class {c} has only {k} usable images (asked for {per_class})", err=True)
+
+
+def _options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        name, dot, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not dot or not eq or not name or not key:
+            raise click.BadParameter(f"expected VERIFIER.KEY=VALUE, got {item!r}", param_hint="--option")
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+@click.command("bench")
+@click.argument("instances", type=click.Path(dir_okay=False))
+@click.option("--verifier", "-v", "verifiers", multiple=True, required=True, help="Verifier name (repeatable).")
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Campaign folder.")
+@click.option("--timeout", type=float, default=None, help="Seconds per job (default: the instances.csv column).")
+@click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Jobs at a time (worker processes).")
+@click.option("--portfolio", is_flag=True, help="Race the verifiers on each instance; the first sat/unsat wins.")
+@click.option("--dask", "dask", default=None, metavar="ADDRESS",
+              help="Run on a Dask cluster: tcp://host:port, a scheduler file (.json), or local[:N].")
+@click.option("--option", "-O", "option_items", multiple=True, metavar="VERIFIER.KEY=VALUE",
+              help="Verifier option, e.g. milp.threads=1 (repeatable).")
+@click.option("--rerun", multiple=True, type=click.Choice(["unsat", "sat", "timeout", "unknown", "error"]),
+              help="Run again the jobs whose recorded result has this status (repeatable).")
+@click.option("--category", default=None, help="VNN-COMP category (default: the instances.csv folder name).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def bench_cmd(instances: str, verifiers: tuple[str, ...], out: str, timeout: float | None, jobs: int, portfolio: bool,
+              dask: str | None, option_items: tuple[str, ...], rerun: tuple[str, ...], category: str | None,
+              quiet: bool) -> None:
+    """Run every (model, spec, verifier) job of INSTANCES (a VNN-COMP instances.csv).
+
+    Each job's result is appended to OUT/results.jsonl as soon as it finishes (flushed and
+    fsynced); running the same command again skips the jobs already there.  Also writes
+    OUT/<verifier>/results.csv in VNN-COMP format (and OUT/results.csv for a single verifier).
+    """
+    from vfnn.campaign.runner import run_campaign
+
+    console = Console(stderr=True)
+    s = run_campaign(instances, list(verifiers), out, jobs=jobs, timeout=timeout, portfolio=portfolio, dask=dask,
+                     options=_options(option_items), rerun=tuple(rerun), category=category, console=console,
+                     show_progress=not quiet)
+    c = s.counts
+    overhead = (s.wall_time * max(1, jobs) - s.solve_time) / s.ran if s.ran else 0.0
+    click.echo(f"{s.ran} jobs run ({s.already_done} already done): {c['unsat']} verified, {c['sat']} falsified, "
+               f"{c['timeout']} timeout, {c['unknown']} unknown, {c['error']} error in {s.wall_time:.1f} s "
+               f"(scheduling overhead ~{overhead:.2f} s/job)")
+    click.echo(f"results: {s.results}")
+    if s.interrupted:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
+
+
+@click.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "-o", "out", type=click.Path(file_okay=False), default=None,
+              help="Write report.md and figures/*.png here.")
+@click.option("--no-replay", is_flag=True, help="Do not replay counterexamples of disagreeing properties.")
+def report_cmd(results: tuple[str, ...], out: str | None, no_replay: bool) -> None:
+    """Tables per model x verifier x eps (and per training method), disagreements, figures.
+
+    Exits 1 when two verifiers disagree (sat vs unsat) on a property: one of them is unsound.
+    """
+    from vfnn.campaign.figures import write_figures
+    from vfnn.campaign.report import build_report, print_report, write_markdown
+    from vfnn.campaign.store import load_records
+
+    records = load_records(list(results))
+    if not records:
+        raise VfnnError(f"{', '.join(results)}: no results")
+    rep = build_report(records, replay=not no_replay)
+    print_report(rep, Console() if sys.stdout.isatty() else Console(width=160))  # CI logs: never truncate
+    if out is not None:
+        folder = Path(out)
+        rep.figures = write_figures(records, folder / "figures")
+        rep.markdown = write_markdown(rep, folder, [Path(r) for r in results])
+        click.echo(f"report: {rep.markdown}")
+    if rep.disagreements:
+        click.echo(f"error: {len(rep.disagreements)} disagreement(s) between verifiers", err=True)
+        sys.exit(1)
+
+
+@click.command("gate")
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--min-verified", type=float, default=None, help="Minimum verified fraction of properties (0..1).")
+@click.option("--max-timeouts", type=int, default=None)
+@click.option("--max-errors", type=int, default=None, help="Errors (and missing properties with --instances).")
+@click.option("--max-falsified", type=int, default=None)
+@click.option("--max-unknown", type=int, default=None)
+@click.option("--max-mean-time", type=float, default=None, help="Seconds, mean over properties.")
+@click.option("--verifier", default=None, help="Gate on this verifier's results only.")
+@click.option("--instances", type=click.Path(dir_okay=False), default=None,
+              help="instances.csv: properties without a result count as errors.")
+@click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Write JUnit XML here.")
+def gate_cmd(results: tuple[str, ...], min_verified: float | None, max_timeouts: int | None, max_errors: int | None,
+             max_falsified: int | None, max_unknown: int | None, max_mean_time: float | None, verifier: str | None,
+             instances: str | None, junit: str | None) -> None:
+    """Exit 0 when every threshold holds, 1 otherwise (saying which failed and by how much)."""
+    from vfnn.campaign.gate import Thresholds, evaluate, junit_xml
+    from vfnn.campaign.store import load_records
+
+    if min_verified is not None and not 0.0 <= min_verified <= 1.0:
+        raise click.BadParameter("a fraction between 0 and 1 (0.9 = 90%)", param_hint="--min-verified")
+    th = Thresholds(min_verified, max_timeouts, max_mean_time, max_errors, max_falsified, max_unknown)
+    outcome = evaluate(load_records(list(results)), th, verifier, Path(instances) if instances else None)
+    c = outcome.counts
+    click.echo(f"{len(outcome.props)} properties: {c.get('unsat', 0)} verified, {c.get('sat', 0)} falsified, "
+               f"{c.get('timeout', 0)} timeout, {c.get('unknown', 0)} unknown, {c.get('error', 0)} error"
+               + (f", {c['missing']} missing" if c.get("missing") else "")
+               + (f", {c['disagreement']} DISAGREEMENT" if c.get("disagreement") else ""))
+    if junit:
+        click.echo(f"junit: {junit_xml(outcome, Path(junit))}")
+    for chk in outcome.checks:
+        click.echo(f"{'PASS' if chk.ok else 'FAIL'} {chk.name}: {chk.message}")
+    if not outcome.checks:
+        click.echo("no thresholds given: nothing to check")
+    click.echo("gate: passed" if outcome.passed else "gate: FAILED")
+    sys.exit(0 if outcome.passed else 1)

@@ -1,0 +1,109 @@
+"""Report figures (matplotlib, Agg backend, PNG): cactus plot, verified % vs eps, unstable per layer."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from vfnn.campaign.analysis import eps_of, group_by, method_of, model_of, status, unstable_layers, wall_time
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def cactus(records: list[dict[str, Any]], path: Path) -> Path:
+    """Number of properties decided (sat or unsat) within t seconds, one step line per verifier."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (verifier,), recs in group_by(records, "verifier").items():
+        times = sorted(wall_time(r) for r in recs if status(r) in ("sat", "unsat"))
+        if times:
+            ax.step([0.0, *times], list(range(len(times) + 1)), where="post", label=f"{verifier} ({len(times)})")
+    ax.set_xlabel("time per property (s)")
+    ax.set_ylabel("properties decided")
+    ax.set_title("Cactus plot")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def verified_vs_eps(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Verified % against eps, one line per training method (per model when no method is known)
+    and verifier."""
+    recs = [r for r in records if eps_of(r) is not None]
+    if not recs:
+        return None
+    key = "method" if all(method_of(r) for r in recs) else "model"
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (who, verifier), group in group_by(recs, key, "verifier").items():
+        by_eps: dict[float, list[str]] = defaultdict(list)
+        for r in group:
+            by_eps[eps_of(r)].append(status(r))
+        xs = sorted(by_eps)
+        ys = [100.0 * by_eps[e].count("unsat") / len(by_eps[e]) for e in xs]
+        ax.plot(xs, ys, marker="o", label=f"{who} / {verifier}")
+    ax.set_xlabel("eps (L-infinity radius)")
+    ax.set_ylabel("verified %")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Verified properties per {key}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def unstable_per_layer(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Mean unstable neurons per ReLU layer, one line per model, one panel per eps.
+
+    Each property counts once (the record is the same for every verifier)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        if unstable_layers(r) is not None:
+            seen.setdefault((r["onnx"], r["vnnlib"]), r)
+    recs = list(seen.values())
+    if not recs:
+        return None
+    eps_values = sorted({eps_of(r) for r in recs}, key=lambda e: (e is None, e or 0.0))[:6]
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(eps_values), figsize=(4 * len(eps_values), 3.5), squeeze=False)
+    for ax, e in zip(axes[0], eps_values, strict=True):
+        groups: dict[str, list[list[int]]] = defaultdict(list)
+        for r in recs:
+            if eps_of(r) == e:
+                label = model_of(r) + (f" ({method_of(r)})" if method_of(r) else "")
+                groups[label].append(unstable_layers(r) or [])
+        for label, rows in sorted(groups.items()):
+            depth = max(len(x) for x in rows)
+            means = [sum(x[i] for x in rows if i < len(x)) / len(rows) for i in range(depth)]
+            ax.plot(range(depth), means, marker="o", label=label)
+        ax.set_title("eps " + ("?" if e is None else f"{e:g}"))
+        ax.set_xlabel("ReLU layer")
+        ax.set_ylabel("mean unstable neurons")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_figures(records: list[dict[str, Any]], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = [cactus(records, folder / "cactus.png"),
+           verified_vs_eps(records, folder / "verified_vs_eps.png"),
+           unstable_per_layer(records, folder / "unstable_per_layer.png")]
+    return [p for p in out if p is not None]

@@ -1,0 +1,63 @@
+"""``vfnn stats``: unstable-neuron counts and output bounds of a network on a property."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("stats")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--bounds", "method", type=click.Choice(["ibp", "crown", "alpha-crown"]), default="crown",
+              show_default=True, help="Bound method for the pre-activation and output bounds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the UnstableRecord as JSON instead of a table.")
+def stats(model: str, spec: str, method: str, as_json: bool) -> None:
+    """Per ReLU layer: unstable (l < 0 < u), always-active and always-inactive neurons of MODEL
+    (ONNX) over the input region of SPEC (VNN-LIB), and bounds of SPEC's output constraints."""
+    from vfnn.onnx_io import load_onnx
+    from vfnn.stats import unstable_record
+    from vfnn.vnnlib import read_vnnlib
+
+    net = load_onnx(model)
+    prop = read_vnnlib(spec)
+    prop.check_fits(net.input_size, net.output_size, model)
+    record = unstable_record(net, prop, method)
+    if as_json:
+        click.echo(json.dumps(record.to_dict(), indent=2))
+        return
+    _print_tables(record, prop, model, spec)
+
+
+def _print_tables(record, prop, model: str, spec: str) -> None:  # noqa: ANN001 - rich types stay local
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cases = len(prop.cases)
+    title = f"{model} on {spec} ({record.method}" + (f", counts summed over {cases} input boxes)" if cases > 1 else ")")
+    t = Table(title=title)
+    for col in ("ReLU layer", "neurons", "unstable", "active", "inactive", "unstable %"):
+        t.add_column(col, justify="right")
+    for s in record.layers:
+        t.add_row(str(s.layer), str(s.neurons), str(s.unstable), str(s.active), str(s.inactive),
+                  f"{100 * s.unstable / max(s.neurons, 1):.1f}")
+    act = sum(s.active for s in record.layers)
+    ina = sum(s.inactive for s in record.layers)
+    t.add_row("total", str(record.neurons), str(record.unstable), str(act), str(ina),
+              f"{100 * record.unstable / max(record.neurons, 1):.1f}", style="bold")
+    console.print(t)
+
+    o = Table(title="output constraints (unsafe iff every row of a disjunct is <= b)")
+    for col in ("case", "disjunct", "row", "lower", "upper", "b", "A@y <= b on the box"):
+        o.add_column(col, justify="right")
+    r = 0
+    for ci, case in enumerate(prop.cases):
+        for di, h in enumerate(case.unsafe):
+            for j in range(h.A.shape[0]):
+                lo, up, b = record.output_lower[r], record.output_upper[r], float(h.b[j])
+                verdict = "never" if lo > b else "always" if up <= b else "maybe"
+                o.add_row(str(ci), str(di), str(j), f"{lo:.6g}", f"{up:.6g}", f"{b:.6g}", verdict)
+                r += 1
+    console.print(o)

@@ -1,0 +1,202 @@
+"""The complete, JSON-serialisable description of a training run, and its parsers.
+
+A run is a list of *phases* (``method + regularisers`` for some epochs).  Without ``--schedule``
+there is one phase: ``--method`` with every ``--reg`` for ``--epochs``.  With
+``--schedule ce:5,ce+nbc:5`` the phases are listed explicitly; the weights of the regularisers
+named in phases come from ``--reg name:weight`` (or the regulariser's default weight).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from vfnn.errors import VfnnError
+from vfnn.train.data import dataset_info
+from vfnn.train.models import Arch
+from vfnn.train.objectives import CERTIFIED, METHODS
+from vfnn.train.regularisers import DEFAULT_WEIGHTS, NEIGHBOUR_KINDS, REGULARISERS
+
+KAPPA_END_DEFAULT = {"ibp": 0.5, "crown-ibp": 0.0}
+
+
+class TrainConfigError(VfnnError):
+    """A training option is malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    method: str
+    regs: tuple[str, ...]
+    epochs: int
+
+    @property
+    def label(self) -> str:
+        return "+".join((self.method, *self.regs))
+
+
+def parse_reg(text: str) -> tuple[str, float]:
+    """``name[:weight]`` -> (name, weight); the default weight is the regulariser's own."""
+    name, _, w = text.strip().partition(":")
+    name = name.strip().lower()
+    if name not in REGULARISERS:
+        raise TrainConfigError(f"unknown regulariser {name!r} in --reg {text!r} (known: {', '.join(REGULARISERS)})")
+    if not w:
+        return name, DEFAULT_WEIGHTS[name]
+    try:
+        weight = float(w)
+    except ValueError:
+        raise TrainConfigError(f"--reg {text!r}: weight {w!r} is not a number") from None
+    if not weight >= 0:
+        raise TrainConfigError(f"--reg {text!r}: weight must be >= 0")
+    return name, weight
+
+
+def parse_schedule(text: str) -> list[Phase]:
+    """``METHOD[+REG...]:EPOCHS[,...]`` -> phases, e.g. ``ce:5,ce+nbc:5`` or ``ibp+rs:10``."""
+    phases = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([a-z0-9+-]+)\s*:\s*(\d+)\s*", part.lower())
+        if not m:
+            raise TrainConfigError(f"bad --schedule phase {part!r}: expected METHOD[+REG...]:EPOCHS, e.g. ce+nbc:5")
+        names = m.group(1).split("+")
+        # 'crown-ibp' contains a '-', never a '+', so splitting on '+' is unambiguous.
+        method, regs = names[0], tuple(names[1:])
+        if method not in METHODS:
+            raise TrainConfigError(f"--schedule phase {part.strip()!r} must start with a method ({', '.join(METHODS)})")
+        for r in regs:
+            if r not in REGULARISERS:
+                raise TrainConfigError(f"unknown regulariser {r!r} in --schedule phase {part.strip()!r} "
+                                       f"(known: {', '.join(REGULARISERS)})")
+        if len(set(regs)) != len(regs):
+            raise TrainConfigError(f"--schedule phase {part.strip()!r} names a regulariser twice")
+        if int(m.group(2)) < 1:
+            raise TrainConfigError(f"--schedule phase {part.strip()!r} needs at least 1 epoch")
+        phases.append(Phase(method, regs, int(m.group(2))))
+    return phases
+
+
+def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None or text == "":
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise TrainConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; ``config.json`` is ``dataclasses.asdict`` of this plus provenance."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = True
+    train_size: int | None = None
+    eval_size: int = 1000
+    arch: str = "fc:100x3"
+    init: str | None = None
+    phases: list[Phase] = field(default_factory=lambda: [Phase("ce", (), 10)])
+    reg_weights: dict[str, float] = field(default_factory=dict)
+    eps: float | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    pgd_steps: int = 10
+    pgd_step_size: float | None = None
+    trades_beta: float = 6.0
+    eps_warmup: float = 0.0
+    eps_rampup: float | None = None
+    kappa_start: float = 1.0
+    kappa_end: float | None = None
+    beta_start: float = 1.0
+    beta_end: float = 0.0
+    radii: tuple[float, ...] | None = None
+    radius_weights: tuple[float, ...] | None = None
+    nbc_neighbours: str = "both"
+    nbc_samples: int = 1
+    nbc_steps: int = 3
+    nbc_c: float = 1.0
+    nbc_layer_weights: tuple[float, ...] | None = None
+    reg_warmup: float = 1.0
+    eval_pgd_steps: int = 20
+    eval_nbc_samples: int = 4
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+
+    @property
+    def epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def weight(self, reg: str) -> float:
+        return self.reg_weights.get(reg, DEFAULT_WEIGHTS[reg])
+
+    def kappa_end_for(self, method: str) -> float:
+        return self.kappa_end if self.kappa_end is not None else KAPPA_END_DEFAULT.get(method, 1.0)
+
+    def validate(self) -> TrainConfig:
+        """Fill derived defaults and reject inconsistent options (TrainConfigError, one line)."""
+        info = dataset_info(self.dataset)
+        if self.init is None:
+            Arch.parse(self.arch)
+        if self.radii is not None:
+            r, w = self.radii, self.radius_weights
+            if any(v <= 0 for v in r) or any(b <= a for a, b in zip(r, r[1:], strict=False)):
+                raise TrainConfigError(f"--radii {','.join(map(str, r))}: radii must be positive and increasing")
+            if w is None:
+                w = tuple(0.5 ** i for i in range(len(r)))
+            if len(w) != len(r):
+                raise TrainConfigError(f"--radius-weights has {len(w)} values for {len(r)} radii")
+            if any(v <= 0 for v in w) or any(b >= a for a, b in zip(w, w[1:], strict=False)):
+                raise TrainConfigError("--radius-weights must be positive and strictly decreasing as the radius grows "
+                                       "(Liang et al. 2023)")
+            self.radius_weights = tuple(w)
+            if not any(p.method in CERTIFIED for p in self.phases):
+                raise TrainConfigError("--radii is an option of the certified methods (ibp, crown-ibp)")
+            if self.eps is None:
+                self.eps = max(r)
+        elif self.radius_weights is not None:
+            raise TrainConfigError("--radius-weights needs --radii")
+        if self.eps is None:
+            self.eps = info.default_eps
+        if not 0 <= self.eps <= 1:
+            raise TrainConfigError(f"--eps {self.eps} must lie in [0, 1] (pixel space)")
+        if self.nbc_neighbours not in NEIGHBOUR_KINDS:
+            raise TrainConfigError(f"--nbc-neighbours must be one of {', '.join(NEIGHBOUR_KINDS)}")
+        if self.nbc_layer_weights is not None and (min(self.nbc_layer_weights) < 0 or sum(self.nbc_layer_weights) <= 0):
+            raise TrainConfigError("--nbc-layer-weights must be non-negative with a positive sum")
+        if self.optimizer not in ("adam", "sgd"):
+            raise TrainConfigError(f"--optimizer must be adam or sgd, not {self.optimizer!r}")
+        checks = [(self.batch_size >= 1, "--batch-size must be >= 1"), (self.lr > 0, "--lr must be > 0"),
+                  (self.eval_size >= 1, "--eval-size must be >= 1"),
+                  (self.nbc_samples >= 1, "--nbc-samples must be >= 1"),
+                  (self.nbc_c > 0, "--nbc-c must be > 0"), (self.pgd_steps >= 1, "--pgd-steps must be >= 1"),
+                  (self.reg_warmup >= 0 and self.eps_warmup >= 0, "warm-up lengths must be >= 0"),
+                  (self.train_size is None or self.train_size >= 1, "--train-size must be >= 1"),
+                  (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")]
+        for ok, msg in checks:
+            if not ok:
+                raise TrainConfigError(msg)
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["phases"] = [{"method": p.method, "regs": list(p.regs), "epochs": p.epochs} for p in self.phases]
+        for k in ("radii", "radius_weights", "nbc_layer_weights"):
+            d[k] = list(d[k]) if d[k] is not None else None
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["phases"] = [Phase(p["method"], tuple(p["regs"]), int(p["epochs"])) for p in d["phases"]]
+        for k in ("radii", "radius_weights", "nbc_layer_weights"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(kw[k])
+        return TrainConfig(**kw)

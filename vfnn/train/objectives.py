@@ -1,0 +1,188 @@
+"""Base training objectives (``--method``): ce, pgd, trades, ibp, crown-ibp.
+
+Each objective maps a batch and the current schedule values to a scalar loss and a dict of
+named terms for the log.  Certified objectives follow CROWN-IBP (Zhang et al. 2020):
+
+    L = kappa * CE(f(x), y) + (1 - kappa) * sum_k w_k * CE(-m_k(x, y), y)
+
+where m_k is a lower bound on the margins f_y - f_j over the ball of radius eps_k (one radius
+unless multi-radius training is on; Liang et al. 2023 use several radii with decreasing weights
+w_k).  ``ibp`` bounds the margins with IBP; ``crown-ibp`` with beta * CROWN-IBP + (1 - beta) * IBP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vfnn.train.attacks import pgd, trades_adversary
+from vfnn.train.models import forward_with_preacts
+
+METHODS = ("ce", "pgd", "trades", "ibp", "crown-ibp")
+CERTIFIED = ("ibp", "crown-ibp")
+
+
+def input_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L-inf ball of radius eps around x, intersected with the pixel box [0, 1]."""
+    return (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+
+
+def margin_matrix(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """C with C[b, j] = e_{y_b} - e_j, so C @ f = f_y - f_j (row y is zero)."""
+    eye = torch.eye(n_classes, device=y.device)
+    return eye[y].unsqueeze(1) - eye.unsqueeze(0)
+
+
+def crown_ibp_lower(model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """CROWN-IBP (Zhang et al. 2020): IBP pre-activation bounds, one CROWN pass back from C @ y.
+
+    Built from vfnn.bounds' own pieces (its ``crown`` method computes every intermediate layer with
+    CROWN too, which is tighter but costs a backward pass per layer).  Differentiable.
+    """
+    from vfnn.bounds.plan import make_plan
+    from vfnn.bounds.propagate import Relaxation, crown_output, ibp
+
+    plan = make_plan(model, tuple(lower.shape[1:]))
+    pre, _ = ibp(plan, lower, upper, None)
+    lo, _ = crown_output(plan, [Relaxation.of(lo_i, up_i) for lo_i, up_i in pre], lower, upper, C)
+    return lo
+
+
+def margin_lower_bounds(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float, n_classes: int,
+                        method: str) -> torch.Tensor:
+    """Lower bounds (B, n_classes) of f_y - f_j over the eps-ball (0 at j = y).
+
+    ``method``: ``ibp``, ``crown``, ``alpha-crown`` (vfnn.bounds) or ``crown-ibp``.
+    """
+    lower, upper = input_box(x, eps)
+    C = margin_matrix(y, n_classes)
+    if method == "crown-ibp":
+        return crown_ibp_lower(model, lower, upper, C)
+    from vfnn.bounds import compute_bounds
+
+    return compute_bounds(model, lower, upper, C, method=method).lower
+
+
+@dataclass
+class Batch:
+    """One mini-batch; the clean forward pass (logits and pre-activations) is computed once and shared."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    _clean: tuple[torch.Tensor, list[torch.Tensor]] | None = field(default=None, repr=False)
+
+    def clean(self, model: nn.Sequential) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self._clean is None:
+            self._clean = forward_with_preacts(model, self.x)
+        return self._clean
+
+    def clean_logits(self, model: nn.Sequential) -> torch.Tensor:
+        return self.clean(model)[0]
+
+    def clean_preacts(self, model: nn.Sequential) -> list[torch.Tensor]:
+        return self.clean(model)[1]
+
+
+@dataclass(frozen=True)
+class ScheduleValues:
+    """What the schedules say for the current step."""
+
+    eps: float  # training radius after ramp-up (the largest radius for multi-radius)
+    kappa: float = 1.0
+    beta: float = 0.0
+    radii: tuple[tuple[float, float], ...] = ()  # (ramped radius, weight) pairs for certified methods
+
+
+@dataclass(frozen=True)
+class ObjectiveOptions:
+    pgd_steps: int = 10
+    pgd_step_size: float | None = None
+    trades_beta: float = 6.0
+    n_classes: int = 10
+
+
+class Objective:
+    """Base class: ``loss`` returns (total, {term: value})."""
+
+    name = "ce"
+
+    def __init__(self, options: ObjectiveOptions):
+        self.options = options
+
+    def loss(self, model: nn.Sequential, batch: Batch, s: ScheduleValues) -> tuple[torch.Tensor, dict[str, float]]:
+        ce = F.cross_entropy(batch.clean_logits(model), batch.y)
+        return ce, {"ce": float(ce.detach())}
+
+
+class PGDTraining(Objective):
+    """Madry et al. 2018: cross-entropy at a PGD point of the ball."""
+
+    name = "pgd"
+
+    def loss(self, model, batch, s):
+        x_adv = pgd(model, batch.x, batch.y, s.eps, self.options.pgd_steps, self.options.pgd_step_size)
+        adv = F.cross_entropy(model(x_adv), batch.y)
+        return adv, {"ce_adv": float(adv.detach())}
+
+
+class TRADES(Objective):
+    """Zhang et al. 2019: CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximising the KL."""
+
+    name = "trades"
+
+    def loss(self, model, batch, s):
+        logits = batch.clean_logits(model)
+        x_adv = trades_adversary(model, batch.x, s.eps, self.options.pgd_steps, self.options.pgd_step_size)
+        kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+        ce = F.cross_entropy(logits, batch.y)
+        return ce + self.options.trades_beta * kl, {"ce": float(ce.detach()), "kl": float(kl.detach())}
+
+
+class IBPTraining(Objective):
+    """Gowal et al. 2018, with CROWN-IBP's kappa schedule and optional multi-radius terms."""
+
+    name = "ibp"
+
+    def robust_ce(self, model: nn.Sequential, batch: Batch, eps: float, s: ScheduleValues) -> torch.Tensor:
+        lb = margin_lower_bounds(model, batch.x, batch.y, eps, self.options.n_classes, "ibp")
+        return F.cross_entropy(-lb, batch.y)
+
+    def loss(self, model, batch, s):
+        ce = F.cross_entropy(batch.clean_logits(model), batch.y)
+        terms = {"ce": float(ce.detach())}
+        radii = s.radii or ((s.eps, 1.0),)
+        robust = ce.new_zeros(())
+        if s.kappa < 1.0:
+            for i, (eps, w) in enumerate(radii):
+                r = self.robust_ce(model, batch, eps, s)
+                terms["robust" if len(radii) == 1 else f"robust_{i}"] = float(r.detach())
+                robust = robust + w * r
+        return s.kappa * ce + (1.0 - s.kappa) * robust, terms
+
+
+class CROWNIBPTraining(IBPTraining):
+    """Zhang et al. 2020: margins bounded by beta * CROWN-IBP + (1 - beta) * IBP."""
+
+    name = "crown-ibp"
+
+    def robust_ce(self, model, batch, eps, s):
+        lb = margin_lower_bounds(model, batch.x, batch.y, eps, self.options.n_classes, "ibp")
+        if s.beta > 0:
+            lb_crown = margin_lower_bounds(model, batch.x, batch.y, eps, self.options.n_classes, CROWN_IBP_METHOD)
+            lb = s.beta * lb_crown + (1.0 - s.beta) * lb
+        return F.cross_entropy(-lb, batch.y)
+
+
+# The bound used for the CROWN-IBP term (linear relaxation backwards from the output).
+CROWN_IBP_METHOD = "crown-ibp"
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "ce": Objective, "pgd": PGDTraining, "trades": TRADES, "ibp": IBPTraining, "crown-ibp": CROWNIBPTraining,
+}
+
+
+def make_objective(name: str, options: ObjectiveOptions) -> Objective:
+    return OBJECTIVES[name](options)

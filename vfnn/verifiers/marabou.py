@@ -1,0 +1,124 @@
+"""Marabou (maraboupy >= 2.0, the ``vfnn[marabou]`` extra) driven through its Python API.
+
+Measured pitfalls this adapter avoids (see the shared tool notes):
+
+* Marabou's ONNX parser computes ``x + c`` for ``Sub`` and rejects ``Div``: it is given vfnn's
+  normalised export (Gemm/Conv/Relu/Flatten, normalisation folded away), never the user's file.
+* Options are a C++ singleton that leaks between solves: every option is passed to
+  ``createOptions`` on every solve, and every query is a fresh InputQuery (the solve runs in a
+  fresh child process anyway).
+* ``evaluateLocalRobustness`` and the Max encoding are avoided; the unsafe region is one native
+  disjunction constraint over the output variables.
+* Counterexamples lie exactly on the boundary, so each unsafe row ``A_i y <= b_i`` is asked with a
+  strict margin ``A_i y <= b_i - margin``; an ``unsat`` answer therefore means "no counterexample
+  violating the property by more than ``margin``" (default 1e-3: points closer to the boundary
+  than the replay tolerance 1e-4 do not replay reliably).
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+
+from vfnn.verifiers.base import Availability, Option, Problem, RawOutcome, ToolCrashed, Verifier
+
+_STATS = {  # tool_stats key -> StatisticsUnsignedAttribute name
+    "splits": "NUM_SPLITS",
+    "visited_states": "NUM_VISITED_TREE_STATES",
+    "pops": "NUM_POPS",
+    "max_decision_level": "MAX_DECISION_LEVEL",
+    "relu_constraints": "NUM_PL_CONSTRAINTS",
+    "precision_restorations": "NUM_PRECISION_RESTORATIONS",
+}
+
+
+class MarabouError(ToolCrashed):
+    """Marabou answered ERROR or something this adapter cannot interpret."""
+
+
+class MarabouVerifier(Verifier):
+    """Marabou's DeepSoI/SMT search on vfnn's normalised ONNX export."""
+
+    name = "marabou"
+    description = "Marabou (maraboupy) on vfnn's normalised ONNX export, one native disjunction per input box"
+    options = (
+        Option("margin", float, 1e-3, "strict margin on each unsafe constraint, so counterexamples replay"),
+        Option("num_workers", int, 1, "Marabou worker threads"),
+        Option("verbosity", int, 0, "Marabou verbosity"),
+        Option("snc", bool, False, "split-and-conquer mode"),
+        Option("tightening", str, "deeppoly", "bound tightening strategy", ("deeppoly", "sbt", "none")),
+    )
+
+    def availability(self) -> Availability:
+        hint = "pip install 'vfnn[marabou]' (maraboupy wheels exist for CPython <= 3.12 on Linux/macOS)"
+        try:
+            v = version("maraboupy")
+        except PackageNotFoundError:
+            return Availability(False, reason="maraboupy is not installed", install_hint=hint)
+        import importlib.util
+
+        if importlib.util.find_spec("maraboupy.MarabouCore") is None:
+            return Availability(False, version=v, reason="maraboupy has no compiled MarabouCore", install_hint=hint)
+        return Availability(True, version=f"maraboupy {v}")
+
+    def _solve(self, problem: Problem, options: dict[str, Any]) -> RawOutcome:
+        import warnings
+
+        warnings.filterwarnings("ignore", message="Tensorflow parser")
+        from maraboupy import Marabou, MarabouCore
+
+        from vfnn.onnx_io import save_onnx
+
+        onnx_path = save_onnx(problem.network, problem.workdir / "normalised.onnx")
+        start = time.monotonic()
+        stats: dict[str, Any] = {"queries": 0}
+        tool_time = 0.0
+        for ci, case in enumerate(problem.spec.cases):
+            left = problem.time_left()
+            if left < 1:
+                return RawOutcome("timeout", tool_time=tool_time, tool_stats=stats, message=f"case {ci} not started")
+            net = Marabou.read_onnx(str(onnx_path))
+            xs = np.asarray(net.inputVars[0]).reshape(-1)
+            ys = np.asarray(net.outputVars[0]).reshape(-1)
+            for j, var in enumerate(xs):
+                net.setLowerBound(int(var), float(case.lower[j]))
+                net.setUpperBound(int(var), float(case.upper[j]))
+            ipq = net.getInputQuery()
+            disjuncts = []
+            for h in case.unsafe:
+                conj = []
+                for row, b in zip(h.A, h.b, strict=True):
+                    eq = MarabouCore.Equation(MarabouCore.Equation.LE)
+                    for j in np.nonzero(row)[0]:
+                        eq.addAddend(float(row[j]), int(ys[j]))
+                    eq.setScalar(float(b) - options["margin"])
+                    conj.append(eq)
+                disjuncts.append(conj)
+            MarabouCore.addDisjunctionConstraint(ipq, disjuncts)
+            opts = Marabou.createOptions(
+                timeoutInSeconds=max(1, int(left)), verbosity=options["verbosity"], numWorkers=options["num_workers"],
+                snc=options["snc"], tighteningStrategy=options["tightening"], solveWithMILP=False, initialSplits=0,
+            )
+            exit_code, values, st = MarabouCore.solve(ipq, opts, "")
+            stats["queries"] += 1
+            tool_time += st.getTotalTimeInMicro() / 1e6
+            for key, attr in _STATS.items():
+                value = st.getUnsignedAttribute(getattr(MarabouCore.StatisticsUnsignedAttribute, attr))
+                stats[key] = stats.get(key, 0) + int(value)
+            stats["exit_code"] = exit_code
+            if exit_code == "sat":
+                x = [float(values[int(v)]) for v in xs]
+                y = [float(values[int(v)]) for v in ys]
+                return RawOutcome("sat", x, y, tool_time=tool_time, tool_stats=stats, message=f"case {ci}")
+            if exit_code == "unsat":
+                continue
+            if exit_code == "TIMEOUT" or st.hasTimedOut():
+                return RawOutcome("timeout", tool_time=tool_time, tool_stats=stats)
+            if exit_code in ("UNKNOWN", "QUIT_REQUESTED"):
+                return RawOutcome("unknown", tool_time=tool_time, tool_stats=stats, message=f"Marabou said {exit_code}")
+            raise MarabouError(f"Marabou returned {exit_code!r} on case {ci}")
+        stats["wall_in_child"] = round(time.monotonic() - start, 4)
+        return RawOutcome("unsat", tool_time=tool_time, tool_stats=stats)

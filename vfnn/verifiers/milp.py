@@ -1,0 +1,390 @@
+"""The built-in complete verifier: a PGD attack, then one big-M MILP per unsafe disjunct (HiGHS).
+
+Encoding (Tjeng, Xiao & Tedrake, ICLR 2019): every linear layer is an equality block over
+continuous variables; a ReLU whose pre-activation bounds ``[l, u]`` straddle zero gets a binary
+``d`` and ``a >= z, a <= z - l(1 - d), 0 <= a <= u d``; a stable one is the identity (``l >= 0``)
+or the constant 0 (``u <= 0``) and costs nothing.  Bounds come from :mod:`vfnn.bounds` (CROWN by
+default: back-substituted bounds roughly halve the binaries compared with IBP).
+
+For a disjunct ``A y <= b`` the MILP minimises the margin ``t >= A_i y - b_i`` (all rows): the
+disjunct is reachable iff ``min t <= 0``.  ``objective_target`` stops HiGHS at the first
+counterexample and ``objective_bound`` prunes every node whose bound is already positive, so the
+search ends as soon as either side is settled.  With ``early_stop=false`` the MILP is solved to
+optimality instead (the tests run both, since "infeasible under a cutoff" would also hide a
+modelling bug).
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+
+from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
+from vfnn.spec import Halfspaces, Spec, SpecCase
+from vfnn.verifiers.base import Availability, Option, Problem, RawOutcome, UnsupportedProblem, Verifier
+
+CUTOFF = 1e-6  # objective_bound: a node whose margin bound exceeds this cannot hold a counterexample
+BOUND_SLACK = 1e-5  # widen float32 bounds so rounding never cuts off a reachable point
+
+
+class MilpVerifier(Verifier):
+    """HiGHS big-M MILP with vfnn's bounds; complete (sat/unsat unless time runs out)."""
+
+    name = "milp"
+    description = "built-in MILP (HiGHS, big-M with CROWN bounds) after a PGD attack"
+    options = (
+        Option("threads", int, 1, "HiGHS threads"),
+        Option("bounds", str, "crown", "per-neuron bound method", ("ibp", "crown", "alpha-crown")),
+        Option("attack_steps", int, 50, "PGD steps per restart (0: no attack)"),
+        Option("attack_restarts", int, 16, "PGD random restarts (run as one batch)"),
+        Option("attack_fraction", float, 0.1, "share of the time budget the attack may use"),
+        Option("split_max_inputs", int, 16, "bisect input boxes (BaB on inputs) for at most this many inputs"),
+        Option("split_binaries", int, 24, "split a box while its MILP would have more binaries than this"),
+        Option("early_stop", bool, True, "stop each MILP once its sign is settled (objective bound/target)"),
+        Option("seed", int, 0, "random seed of the attack"),
+    )
+
+    def availability(self) -> Availability:
+        try:
+            return Availability(True, version=f"highspy {version('highspy')}")
+        except PackageNotFoundError:
+            return Availability(False, reason="highspy is not installed", install_hint="pip install highspy")
+
+    def _solve(self, problem: Problem, options: dict[str, Any]) -> RawOutcome:
+        import torch
+
+        torch.manual_seed(options["seed"])
+        start = time.monotonic()
+        spec, net = problem.spec, problem.network
+        stats: dict[str, Any] = {"boxes": 0, "milps": 0, "binaries": 0, "nodes": 0, "pruned_by_bounds": 0}
+        if options["attack_steps"] > 0:
+            budget = options["attack_fraction"] * problem.time_left()
+            x = pgd_attack(net, spec, options["attack_steps"], options["attack_restarts"], start + budget)
+            stats["attack_time"] = round(time.monotonic() - start, 4)
+            if x is not None:
+                stats["found_by"] = "attack"
+                return RawOutcome("sat", x.tolist(), tool_time=time.monotonic() - start, tool_stats=stats)
+        undecided: list[tuple[int, int, str]] = []
+        for ci, case in enumerate(spec.cases):
+            split = net.input_size <= options["split_max_inputs"]
+            queue = [(case.lower, case.upper)]
+            while queue:
+                if problem.time_left() <= 0:
+                    return RawOutcome("timeout", tool_time=time.monotonic() - start, tool_stats=stats)
+                lo, hi = queue.pop()
+                stats["boxes"] += 1
+                encoding = Encoding(net, SpecCase(lo, hi, case.unsafe), options["bounds"])
+                open_ = [h for h in case.unsafe if not np.any(encoding.row_lower(h) > h.b + CUTOFF)]
+                stats["pruned_by_bounds"] += len(case.unsafe) - len(open_)
+                if not open_:
+                    continue
+                if split and encoding.n_binaries > options["split_binaries"] and len(queue) < 100_000:
+                    queue.extend(_bisect(lo, hi, case.lower, case.upper))
+                    continue
+                stats["binaries"] += encoding.n_binaries
+                for di, disjunct in enumerate(open_):
+                    left = problem.time_left()
+                    if left <= 0:
+                        return RawOutcome("timeout", tool_time=time.monotonic() - start, tool_stats=stats)
+                    status, x, nodes = encoding.solve(disjunct, left, options["threads"], options["early_stop"])
+                    stats["milps"] += 1
+                    stats["nodes"] += nodes
+                    if status == "sat":
+                        stats["found_by"] = "milp"
+                        return RawOutcome("sat", x.tolist(), tool_time=time.monotonic() - start, tool_stats=stats)
+                    if status != "unsat":
+                        undecided.append((ci, di, status))
+        elapsed = time.monotonic() - start
+        if not undecided:
+            return RawOutcome("unsat", tool_time=elapsed, tool_stats=stats)
+        status = "timeout" if any(s == "timeout" for *_, s in undecided) else "unknown"
+        detail = "; ".join(f"case {c} disjunct {d}: {s}" for c, d, s in undecided[:5])
+        return RawOutcome(status, tool_time=elapsed, tool_stats=stats, message=detail)
+
+
+def _bisect(lo: np.ndarray, hi: np.ndarray, lo0: np.ndarray, hi0: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Halve the box along the input that is widest relative to the original box."""
+    rel = (hi - lo) / np.maximum(hi0 - lo0, 1e-12)
+    j = int(np.argmax(rel))
+    mid = (lo[j] + hi[j]) / 2
+    hi1, lo2 = hi.copy(), lo.copy()
+    hi1[j], lo2[j] = mid, mid
+    return [(lo, hi1), (lo2, hi)]
+
+
+def _margin(y: Any, disjunct: Halfspaces) -> Any:
+    """max_i (A_i y - b_i) for a batch of outputs (torch); <= 0 means unsafe."""
+    import torch
+
+    A = torch.as_tensor(disjunct.A, dtype=y.dtype)
+    b = torch.as_tensor(disjunct.b, dtype=y.dtype)
+    return (y @ A.T - b).max(dim=1).values
+
+
+def pgd_attack(net: Network, spec: Spec, steps: int, restarts: int, deadline: float) -> np.ndarray | None:
+    """Signed-gradient descent on the disjunct margin from random points of each box (float64);
+    returns a flat input whose float64 output is unsafe, or None."""
+
+    model = net.to_torch().double()
+    first = True
+    while first or time.monotonic() < deadline:
+        first = False
+        x = _pgd_round(model, net, spec, steps, restarts, deadline)
+        if x is not None:
+            return x
+    return None
+
+
+def _pgd_round(model: Any, net: Network, spec: Spec, steps: int, restarts: int, deadline: float) -> np.ndarray | None:
+    import torch
+
+    for case in spec.cases:
+        lo = torch.as_tensor(case.lower, dtype=torch.float64)
+        hi = torch.as_tensor(case.upper, dtype=torch.float64)
+        step = (hi - lo) / 8
+        for disjunct in case.unsafe:
+            x = lo + (hi - lo) * torch.rand(restarts, lo.numel(), dtype=torch.float64)
+            x[0] = (lo + hi) / 2
+            for k in range(steps + 1):
+                x.requires_grad_(True)
+                y = model(x.reshape(restarts, *net.input_shape)).reshape(restarts, -1)
+                m = _margin(y, disjunct)
+                hit = torch.nonzero(m <= 0)
+                if hit.numel():
+                    return x[hit[0, 0]].detach().numpy().copy()
+                if k == steps or time.monotonic() > deadline:
+                    break
+                (g,) = torch.autograd.grad(m.sum(), x)
+                with torch.no_grad():
+                    decay = 1.0 - k / steps
+                    x = torch.clamp(x - step * decay * g.sign(), lo, hi)
+            if time.monotonic() > deadline:
+                return None
+    return None
+
+
+class Encoding:
+    """The MILP constraints of one network over one input box (shared by the box's disjuncts)."""
+
+    def __init__(self, net: Network, case: SpecCase, bound_method: str):
+        import torch
+
+        from vfnn.bounds import compute_bounds
+
+        self.net, self.case, self.method = net, case, bound_method
+        rows = [h.A for h in case.unsafe if h.A.shape[0]]
+        C = np.concatenate(rows, 0) if rows else np.zeros((0, net.output_size))
+        # float64 boxes and model: the bounds are then exact up to float64 rounding (widened below).
+        lower = torch.as_tensor(case.lower, dtype=torch.float64).reshape(1, *net.input_shape)
+        upper = torch.as_tensor(case.upper, dtype=torch.float64).reshape(1, *net.input_shape)
+        Ct = torch.as_tensor(C, dtype=torch.float64) if C.shape[0] else None
+        with torch.no_grad():
+            b = compute_bounds(net.to_torch().double(), lower, upper, C=Ct, method=bound_method)
+        self.pre = [(lo.detach().double().numpy().reshape(-1), up.detach().double().numpy().reshape(-1))
+                    for lo, up in b.pre_activation]
+        self.c_lower = b.lower.detach().double().numpy().reshape(-1) if Ct is not None else np.zeros(0)
+        self._row_offsets = np.cumsum([0] + [h.A.shape[0] for h in case.unsafe])
+        self._build()
+
+    def row_lower(self, disjunct: Halfspaces) -> np.ndarray:
+        """vfnn's lower bounds of ``disjunct.A @ y`` over the box (all rows of all disjuncts)."""
+        i = next(k for k, h in enumerate(self.case.unsafe) if h is disjunct)
+        return self.c_lower[self._row_offsets[i]:self._row_offsets[i + 1]] - BOUND_SLACK * (1 + np.abs(disjunct.b))
+
+    # -- model building --------------------------------------------------------------------------
+    def _var(self, n: int, lo: np.ndarray | float, hi: np.ndarray | float, integer: bool = False) -> np.ndarray:
+        idx = np.arange(self.n_cols, self.n_cols + n)
+        self.col_lo.append(np.broadcast_to(np.asarray(lo, np.float64), (n,)))
+        self.col_hi.append(np.broadcast_to(np.asarray(hi, np.float64), (n,)))
+        self.integer.append(np.full(n, integer))
+        self.n_cols += n
+        return idx
+
+    def _rows(self, cols: np.ndarray, vals: np.ndarray, row_of: np.ndarray, n: int,
+              lo: np.ndarray | float, hi: np.ndarray | float) -> None:
+        self.coo.append((row_of + self.n_rows, cols, vals))
+        self.row_lo.append(np.broadcast_to(np.asarray(lo, np.float64), (n,)))
+        self.row_hi.append(np.broadcast_to(np.asarray(hi, np.float64), (n,)))
+        self.n_rows += n
+
+    def _linear(self, src: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+                bias: np.ndarray, n_out: int, lo: np.ndarray | float = -np.inf,
+                hi: np.ndarray | float = np.inf) -> np.ndarray:
+        """New variables z = M v + bias, where M is (rows, cols, vals) over the vector ``src``
+        (entries of ``src`` equal to -1 are the constant 0 and drop out)."""
+        keep = src[cols] >= 0
+        rows, cols, vals = rows[keep], src[cols[keep]], vals[keep]
+        z = self._var(n_out, lo, hi)
+        # z - M v = bias
+        self._rows(np.concatenate([z, cols]), np.concatenate([np.ones(n_out), -vals]),
+                   np.concatenate([np.arange(n_out), rows]), n_out, bias, bias)
+        return z
+
+    def _build(self) -> None:
+        self.n_cols = self.n_rows = 0
+        self.col_lo, self.col_hi, self.integer, self.coo, self.row_lo, self.row_hi = [], [], [], [], [], []
+        shape = tuple(self.net.input_shape)
+        v = self._var(int(np.prod(shape)), self.case.lower, self.case.upper)
+        self.inputs = v
+        relu_i, self.n_binaries = 0, 0
+        layers = self.net.layers
+        for k, layer in enumerate(layers):
+            feeds_relu = k + 1 < len(layers) and isinstance(layers[k + 1], ReLU)
+            lo, hi = (-np.inf, np.inf)
+            if feeds_relu:
+                pl, pu = self.pre[relu_i]
+                lo, hi = pl - BOUND_SLACK * (1 + np.abs(pl)), pu + BOUND_SLACK * (1 + np.abs(pu))
+            if isinstance(layer, (Dense, Conv2d, AvgPool2d, ElementwiseAffine)):
+                rows, cols, vals, bias, shape = _linear_map(layer, shape)
+                v = self._linear(v, rows, cols, vals, bias, len(bias), lo, hi)
+            elif isinstance(layer, Flatten):
+                shape = (int(np.prod(shape)),)
+            elif isinstance(layer, ReLU):
+                pl, pu = self.pre[relu_i]
+                pl = pl - BOUND_SLACK * (1 + np.abs(pl))
+                pu = pu + BOUND_SLACK * (1 + np.abs(pu))
+                v = self._relu(v, pl, pu)
+                relu_i += 1
+            else:  # pragma: no cover - Network only has the kinds above
+                raise UnsupportedProblem(f"layer {layer!r} has no MILP encoding")
+        if (v < 0).any():  # an output fixed to 0 by an inactive ReLU: give it a variable
+            zero = np.nonzero(v < 0)[0]
+            v = v.copy()
+            v[zero] = self._var(len(zero), 0.0, 0.0)
+        self.outputs = v
+
+    def _relu(self, z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        out = np.where(lo >= 0, z, -1)  # active: identity; inactive: constant 0 (-1)
+        out[z < 0] = -1
+        unstable = np.nonzero((lo < 0) & (hi > 0) & (z >= 0))[0]
+        n = len(unstable)
+        if n:
+            a = self._var(n, 0.0, hi[unstable])
+            d = self._var(n, 0.0, 1.0, integer=True)
+            zi, lb, ub = z[unstable], lo[unstable], hi[unstable]
+            r = np.arange(n)
+            # a - z >= 0
+            self._rows(np.concatenate([a, zi]), np.concatenate([np.ones(n), -np.ones(n)]),
+                       np.concatenate([r, r]), n, 0.0, np.inf)
+            # a - z - l d <= -l
+            self._rows(np.concatenate([a, zi, d]), np.concatenate([np.ones(n), -np.ones(n), -lb]),
+                       np.concatenate([r, r, r]), n, -np.inf, -lb)
+            # a - u d <= 0
+            self._rows(np.concatenate([a, d]), np.concatenate([np.ones(n), -ub]), np.concatenate([r, r]),
+                       n, -np.inf, 0.0)
+            out[unstable] = a
+            self.n_binaries += n
+        return out
+
+    # -- solving ---------------------------------------------------------------------------------
+    def solve(self, disjunct: Halfspaces, time_limit: float, threads: int, early_stop: bool
+              ) -> tuple[str, np.ndarray | None, int]:
+        """Minimise the margin of ``disjunct``; ``("sat", x)``, ``("unsat", None)``, or why not."""
+        import highspy
+
+        k = disjunct.A.shape[0]
+        base_cols, base_rows = self.n_cols, self.n_rows
+        coo, row_lo, row_hi = list(self.coo), list(self.row_lo), list(self.row_hi)
+        t = base_cols
+        # t - A_i y >= -b_i
+        A = disjunct.A
+        nz_r, nz_c = np.nonzero(A)
+        rows = np.concatenate([np.arange(k), nz_r]) + base_rows
+        cols = np.concatenate([np.full(k, t), self.outputs[nz_c]])
+        vals = np.concatenate([np.ones(k), -A[nz_r, nz_c]])
+        coo.append((rows, cols, vals))
+        row_lo.append(-disjunct.b)
+        row_hi.append(np.full(k, np.inf))
+        n_cols, n_rows = base_cols + 1, base_rows + k
+        col_lo = np.concatenate(self.col_lo + [np.array([-np.inf])])
+        col_hi = np.concatenate(self.col_hi + [np.array([np.inf])])
+        integer = np.concatenate(self.integer + [np.array([False])])
+        r = np.concatenate([c[0] for c in coo])
+        c = np.concatenate([c[1] for c in coo])
+        val = np.concatenate([c[2] for c in coo])
+        order = np.lexsort((r, c))
+        r, c, val = r[order], c[order], val[order]
+        start = np.searchsorted(c, np.arange(n_cols + 1))
+
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = n_cols, n_rows
+        cost = np.zeros(n_cols)
+        cost[t] = 1.0
+        lp.col_cost_ = cost
+        lp.col_lower_, lp.col_upper_ = col_lo, col_hi
+        lp.row_lower_, lp.row_upper_ = np.concatenate(row_lo), np.concatenate(row_hi)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = start.astype(np.int32)
+        lp.a_matrix_.index_ = r.astype(np.int32)
+        lp.a_matrix_.value_ = val
+        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous for i in integer]
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("threads", int(threads))
+        h.setOptionValue("time_limit", max(0.01, float(time_limit)))
+        h.setOptionValue("random_seed", 0)
+        if early_stop:
+            h.setOptionValue("objective_bound", CUTOFF)
+            h.setOptionValue("objective_target", 0.0)
+        h.passModel(lp)
+        h.run()
+        ms = h.getModelStatus()
+        info = h.getInfo()
+        nodes = int(getattr(info, "mip_node_count", 0) or 0)
+        S = highspy.HighsModelStatus
+        has_sol = info.primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible
+        if has_sol:
+            sol = np.asarray(h.getSolution().col_value)
+            if sol[t] <= 0:
+                return "sat", sol[self.inputs], nodes
+        if ms == S.kInfeasible or (ms == S.kOptimal and (not has_sol or sol[t] > 0)):
+            return "unsat", None, nodes
+        if ms == S.kObjectiveBound:
+            return "unsat", None, nodes
+        if ms == S.kTimeLimit:
+            return "timeout", None, nodes
+        return f"HiGHS {h.modelStatusToString(ms)}", None, nodes
+
+
+def _linear_map(layer: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                                tuple[int, ...]]:
+    """A linear layer as sparse triples (rows, cols, vals), its bias and output shape (C order)."""
+    if isinstance(layer, Dense):
+        W = layer.weight.astype(np.float64)
+        r, c = np.nonzero(W)
+        return r, c, W[r, c], layer.bias.astype(np.float64), (W.shape[0],)
+    if isinstance(layer, ElementwiseAffine):
+        n = int(np.prod(shape))
+        idx = np.arange(n)
+        return idx, idx, layer.scale.astype(np.float64).reshape(-1), layer.shift.astype(np.float64).reshape(-1), shape
+    if isinstance(layer, AvgPool2d):
+        C, H, W = shape
+        kh, kw = layer.kernel
+        sh, sw = layer.stride
+        oh, ow = (H - kh) // sh + 1, (W - kw) // sw + 1
+        o, i, j, di, dj = np.meshgrid(np.arange(C), np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw),
+                                      indexing="ij")
+        rows = ((o * oh + i) * ow + j).reshape(-1)
+        cols = ((o * H + i * sh + di) * W + j * sw + dj).reshape(-1)
+        vals = np.full(rows.size, 1.0 / (kh * kw))
+        return rows, cols, vals, np.zeros(C * oh * ow), (C, oh, ow)
+    if isinstance(layer, Conv2d):
+        C, H, W = shape
+        n_out, _, kh, kw = layer.weight.shape
+        sh, sw = layer.stride
+        pt, pl, pb, pr = layer.padding
+        oh, ow = (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
+        o, i, j, c, di, dj = np.meshgrid(np.arange(n_out), np.arange(oh), np.arange(ow), np.arange(C), np.arange(kh),
+                                         np.arange(kw), indexing="ij")
+        y, x = i * sh + di - pt, j * sw + dj - pl
+        ok = (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        w = layer.weight.astype(np.float64)[o, c, di, dj]
+        ok &= w != 0
+        rows = ((o * oh + i) * ow + j)[ok]
+        cols = ((c * H + y) * W + x)[ok]
+        bias = np.repeat(layer.bias.astype(np.float64), oh * ow)
+        return rows, cols, w[ok], bias, (n_out, oh, ow)
+    raise UnsupportedProblem(f"layer {layer!r} has no linear map")
