@@ -248,9 +248,8 @@ def test_worker_crash_loses_one_job_only(bench: dict, fake_env: dict, tmp_path: 
         (tmp_path / name).write_bytes(spec.read_bytes())
         lines.append(f"model.onnx,{name},30")
     (tmp_path / "instances.csv").write_text("\n".join(lines) + "\n")
-    r = subprocess.run(_bench_cmd(tmp_path / "instances.csv", tmp_path / "out", "-v", "fake", "-j", "1",
-                                  "-O", "fake.crash_on=CRASHME"), cwd=REPO, env=fake_env, capture_output=True, text=True,
-                       timeout=200)
+    cmd = _bench_cmd(tmp_path / "instances.csv", tmp_path / "out", "-v", "fake", "-O", "fake.crash_on=CRASHME")
+    r = subprocess.run(cmd, cwd=REPO, env=fake_env, capture_output=True, text=True, timeout=200)
     assert r.returncode == 0, r.stderr
     recs = {Path(x["vnnlib"]).stem: x for x in load_latest(tmp_path / "out" / "results.jsonl").values()}
     assert recs["CRASHME1"]["status"] == "error" and "worker process died" in recs["CRASHME1"]["result"]["message"]

@@ -83,11 +83,6 @@ def test_crown_ibp_multi_radius_runs_and_certifies(tmp_path: Path, runs: dict[st
     assert summary["final"]["verified_acc"]["crown"] > runs["ce"]["verified_acc"]["crown"] + 0.3
 
 
-def test_mnist_subset_learns() -> None:
-    if not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists():
-        pytest.fail(f"real MNIST expected at {SHARED_DATA / 'mnist'}")
-
-
 def test_real_mnist_subset(tmp_path: Path) -> None:
     final = train(tmp_path, "mnist", [Phase("ce", ("nbc",), 2)], dataset="mnist", data_dir=str(SHARED_DATA),
                   download=False, train_size=4000, eval_size=300, arch="fc:64x2", lr=2e-3, eps=0.05)["final"]

@@ -103,7 +103,7 @@ def test_multi_radius_weights_must_decrease() -> None:
 
 def test_schedules() -> None:
     cfg = TrainConfig(phases=[Phase("ce", (), 2), Phase("crown-ibp", ("nbc",), 4), Phase("ce", ("nbc",), 2)],
-                      eps=0.2, eps_warmup=1.0, reg_warmup=2.0).validate()
+                      eps=0.2, eps_warmup=1.0, reg_warmup=2.0, reg_weights={"nbc": 0.5}).validate()
     assert values_at(cfg, 0, 0.5).eps == 0.2  # ce phases use the full radius
     # crown-ibp phase starts at epoch 2: 1 epoch warm-up, then a ramp of (4 - 1) / 2 = 1.5 epochs.
     v = values_at(cfg, 2, 0.5)

@@ -60,3 +60,6 @@ cli.add_command(verifiers_cmd)
 from vfnn.stats_cli import stats  # noqa: E402
 
 cli.add_command(stats)
+from vfnn.demo import demo  # noqa: E402
+
+cli.add_command(demo)

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import click
 
-from vfnn.errors import VfnnError
-
 HELP = """Train a (verification-friendly) classifier and write a self-describing run directory.
 
 \b
@@ -234,12 +232,15 @@ def _run(cfg, out: Path, resume: bool, quiet: bool, argv: list[str]) -> None:
     from vfnn.train.trainer import Trainer
 
     console = Console(stderr=True)
-    log = (lambda m: None) if quiet else console.print
+
+    def log(message: str) -> None:
+        if not quiet:
+            console.print(message, markup=False, highlight=False, soft_wrap=True)
+
     trainer = Trainer(cfg, out, resume=resume, quiet=quiet, argv=argv, log=log)
     if not quiet:
         phases = ", ".join(f"{p.label}:{p.epochs}" for p in cfg.phases)
-        console.print(f"training {'(resumed) ' if resume else ''}-> {out}  [{phases}] eps={cfg.eps} "
-                      f"device={trainer.device}")
+        log(f"training {'(resumed) ' if resume else ''}-> {out}  [{phases}] eps={cfg.eps} device={trainer.device}")
     try:
         if quiet:
             summary = trainer.run()
@@ -250,10 +251,7 @@ def _run(cfg, out: Path, resume: bool, quiet: bool, argv: list[str]) -> None:
     except KeyboardInterrupt:
         click.echo(f"vfnn: interrupted; continue with: vfnn train --resume {out}", err=True)
         raise
-    except VfnnError:
-        raise
-    if not quiet:
-        final = summary.get("final") or {}
-        console.print(f"done: {out}/model.onnx  clean {100 * final.get('clean_acc', 0):.1f}%  "
-                      f"verified(crown) {100 * final.get('verified_acc', {}).get('crown', 0):.1f}%  "
-                      f"({summary.get('seconds_total', 0):.1f}s)")
+    final = summary.get("final") or {}
+    log(f"done: {out}/model.onnx  clean {100 * final.get('clean_acc', 0):.1f}%  "
+        f"verified(crown) {100 * final.get('verified_acc', {}).get('crown', 0):.1f}%  "
+        f"({summary.get('seconds_total', 0):.1f}s)")

@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from vfnn.spec import Spec
 from vfnn.verifiers.base import (
     Availability,
     Option,
@@ -99,6 +102,63 @@ def to_yaml(data: dict[str, Any], indent: int = 0) -> str:
         else:
             lines.append(f"{pad}{key}: {str(value)!r}")
     return "\n".join(lines)
+
+
+# -- the spec, in the VNN-LIB subset α,β-CROWN reads -------------------------------------------------
+
+def _comparison(a: np.ndarray, b: float) -> str | bool:
+    """One row ``a @ y <= b`` as ``(op Y_i c)`` or ``(<= Y_i Y_j)``; True/False for a constant row.
+
+    α,β-CROWN's reader (``read_vnnlib.py``) accepts only comparisons of two operands that are
+    variables or numbers -- no ``+`` or ``*`` -- so every other row is refused, never approximated.
+    """
+    nz = np.flatnonzero(a)
+    if len(nz) == 0:
+        return bool(0.0 <= b)
+    if len(nz) == 1:
+        j, c = int(nz[0]), float(a[nz[0]])
+        return f"({'<=' if c > 0 else '>='} Y_{j} {float(b) / c!r})"
+    if len(nz) == 2 and b == 0 and a[nz[0]] == -a[nz[1]]:
+        p, m = (nz[0], nz[1]) if a[nz[0]] > 0 else (nz[1], nz[0])
+        return f"(<= Y_{p} Y_{m})"
+    terms = " + ".join(f"{a[j]:g}*Y_{j}" for j in nz)
+    raise UnsupportedProblem(f"α,β-CROWN's VNN-LIB reader cannot express the output constraint {terms} <= {b:g} "
+                             "(only Y_i <= c, Y_i >= c and Y_i <= Y_j)")
+
+
+def write_abcrown_vnnlib(spec: Spec, path: Path) -> Path:
+    """Write ``spec`` as VNN-LIB 1.0 restricted to what α,β-CROWN parses (floats round-trip)."""
+    disjuncts: list[tuple[int, list[str]]] = []
+    for i, case in enumerate(spec.cases):
+        for h in case.unsafe:
+            rows = [_comparison(a, float(b)) for a, b in zip(h.A, h.b, strict=True)]
+            if False in rows:
+                continue  # a constant row that never holds: this disjunct is empty
+            terms = [r for r in rows if isinstance(r, str)]
+            if not terms:
+                raise UnsupportedProblem("an unsafe disjunct constrains no output; α,β-CROWN cannot state that")
+            disjuncts.append((i, terms))
+    if not disjuncts:
+        raise UnsupportedProblem("no satisfiable unsafe disjunct; α,β-CROWN cannot state an empty property")
+
+    def box(i: int) -> list[str]:
+        c = spec.cases[i]
+        if not (np.all(np.isfinite(c.lower)) and np.all(np.isfinite(c.upper))):
+            raise UnsupportedProblem("α,β-CROWN needs a bounded input box (the spec has an infinite bound)")
+        bounds = zip(c.lower.tolist(), c.upper.tolist(), strict=True)
+        return [f"({op} X_{k} {v!r})" for k, (lo, hi) in enumerate(bounds) for op, v in (("<=", hi), (">=", lo))]
+
+    out = [f"; {spec.name}: written by vfnn for α,β-CROWN"]
+    out += [f"(declare-const X_{k} Real)" for k in range(spec.n_inputs)]
+    out += [f"(declare-const Y_{j} Real)" for j in range(spec.n_outputs)]
+    if len(spec.cases) == 1:
+        out += [f"(assert {t})" for t in box(0)]
+        ands = [terms for _, terms in disjuncts]
+    else:
+        ands = [box(i) + terms for i, terms in disjuncts]
+    out += ["(assert (or"] + [f"    (and {' '.join(a)})" for a in ands] + ["))"]
+    path.write_text("\n".join(out) + "\n")
+    return path
 
 
 # -- parsing ------------------------------------------------------------------------------------------
@@ -323,8 +383,6 @@ class AbcrownVerifier(Verifier):
         return Availability(True, version=_version(script.resolve()))
 
     def _solve(self, problem: Problem, options: dict[str, Any]) -> RawOutcome:
-        from vfnn.vnnlib import write_vnnlib
-
         script = Path(options["abcrown_path"]).expanduser()
         if script.is_dir():
             script = next((c for c in (script / "abcrown.py", script / "complete_verifier" / "abcrown.py")
@@ -340,7 +398,7 @@ class AbcrownVerifier(Verifier):
             config_path = run_dir / "config.yaml"
             header = f"# written by vfnn for α,β-CROWN, mode {mode}\n"
             config_path.write_text(header + to_yaml(build_config(mode, options["device"])) + "\n")
-        spec_path = write_vnnlib(problem.spec, run_dir / "spec.vnnlib")
+        spec_path = write_abcrown_vnnlib(problem.spec, run_dir / "spec.vnnlib")
         model_path = run_dir / "model.onnx"  # a link: the tool writes <model>.optimized next to it
         model_path.symlink_to(Path(problem.onnx_path).resolve())
         results_path, cex_path = run_dir / "results.txt", run_dir / "cex.txt"

@@ -41,6 +41,8 @@ class MilpVerifier(Verifier):
         Option("attack_steps", int, 50, "PGD steps per restart (0: no attack)"),
         Option("attack_restarts", int, 16, "PGD random restarts (run as one batch)"),
         Option("attack_fraction", float, 0.1, "share of the time budget the attack may use"),
+        Option("attack_time", float, 0.5, "at most this many seconds of attack"),
+        Option("batch", int, 64, "input boxes bounded together in one batch"),
         Option("split_max_inputs", int, 16, "bisect input boxes (BaB on inputs) for at most this many inputs"),
         Option("split_binaries", int, 24, "split a box while its MILP would have more binaries than this"),
         Option("early_stop", bool, True, "stop each MILP once its sign is settled (objective bound/target)"),
@@ -60,49 +62,102 @@ class MilpVerifier(Verifier):
         start = time.monotonic()
         spec, net = problem.spec, problem.network
         stats: dict[str, Any] = {"boxes": 0, "milps": 0, "binaries": 0, "nodes": 0, "pruned_by_bounds": 0}
+
+        def done(status: str, x: np.ndarray | None = None, message: str = "") -> RawOutcome:
+            return RawOutcome(status, None if x is None else x.tolist(),  # type: ignore[arg-type]
+                              tool_time=time.monotonic() - start, tool_stats=stats, message=message)
+
         if options["attack_steps"] > 0:
-            budget = options["attack_fraction"] * problem.time_left()
+            budget = min(options["attack_fraction"] * problem.time_left(), options["attack_time"])
             x = pgd_attack(net, spec, options["attack_steps"], options["attack_restarts"], start + budget)
             stats["attack_time"] = round(time.monotonic() - start, 4)
             if x is not None:
                 stats["found_by"] = "attack"
-                return RawOutcome("sat", x.tolist(), tool_time=time.monotonic() - start, tool_stats=stats)
+                return done("sat", x)
+        model = net.to_torch().double()
         undecided: list[tuple[int, int, str]] = []
         for ci, case in enumerate(spec.cases):
             split = net.input_size <= options["split_max_inputs"]
-            queue = [(case.lower, case.upper)]
+            rows = np.cumsum([0] + [h.A.shape[0] for h in case.unsafe])
+            C = np.concatenate([h.A for h in case.unsafe], 0)
+            queue = [(case.lower, case.upper, tuple(range(len(case.unsafe))))]
             while queue:
                 if problem.time_left() <= 0:
-                    return RawOutcome("timeout", tool_time=time.monotonic() - start, tool_stats=stats)
-                lo, hi = queue.pop()
-                stats["boxes"] += 1
-                encoding = Encoding(net, SpecCase(lo, hi, case.unsafe), options["bounds"])
-                open_ = [h for h in case.unsafe if not np.any(encoding.row_lower(h) > h.b + CUTOFF)]
-                stats["pruned_by_bounds"] += len(case.unsafe) - len(open_)
-                if not open_:
-                    continue
-                if split and encoding.n_binaries > options["split_binaries"] and len(queue) < 100_000:
-                    queue.extend(_bisect(lo, hi, case.lower, case.upper))
-                    continue
-                stats["binaries"] += encoding.n_binaries
-                for di, disjunct in enumerate(open_):
-                    left = problem.time_left()
-                    if left <= 0:
-                        return RawOutcome("timeout", tool_time=time.monotonic() - start, tool_stats=stats)
-                    status, x, nodes = encoding.solve(disjunct, left, options["threads"], options["early_stop"])
-                    stats["milps"] += 1
-                    stats["nodes"] += nodes
-                    if status == "sat":
-                        stats["found_by"] = "milp"
-                        return RawOutcome("sat", x.tolist(), tool_time=time.monotonic() - start, tool_stats=stats)
-                    if status != "unsat":
-                        undecided.append((ci, di, status))
-        elapsed = time.monotonic() - start
+                    return done("timeout")
+                batch = queue[-options["batch"]:]
+                del queue[-options["batch"]:]
+                stats["boxes"] += len(batch)
+                lows, highs = np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch])
+                x = _unsafe_centre(model, net, lows, highs, case)
+                if x is not None:
+                    stats["found_by"] = "box centre"
+                    return done("sat", x)
+                pre, row_lower = box_bounds(model, net, lows, highs, C, options["bounds"])
+                for k, (lo, hi, open_) in enumerate(batch):
+                    still = tuple(d for d in open_ if not np.any(
+                        row_lower[k, rows[d]:rows[d + 1]] > case.unsafe[d].b + CUTOFF))
+                    stats["pruned_by_bounds"] += len(open_) - len(still)
+                    if not still:
+                        continue
+                    box_pre = [(pl[k], pu[k]) for pl, pu in pre]
+                    unstable = sum(int(np.sum((pl < 0) & (pu > 0))) for pl, pu in box_pre)
+                    if split and unstable > options["split_binaries"] and len(queue) < 1_000_000:
+                        queue.extend((lo2, hi2, still) for lo2, hi2 in _bisect(lo, hi, case.lower, case.upper))
+                        continue
+                    encoding = Encoding(net, lo, hi, box_pre)
+                    stats["binaries"] += encoding.n_binaries
+                    for d in still:
+                        left = problem.time_left()
+                        if left <= 0:
+                            return done("timeout")
+                        status, x, nodes = encoding.solve(case.unsafe[d], left, options["threads"],
+                                                          options["early_stop"])
+                        stats["milps"] += 1
+                        stats["nodes"] += nodes
+                        if status == "sat":
+                            stats["found_by"] = "milp"
+                            return done("sat", x)
+                        if status != "unsat":
+                            undecided.append((ci, d, status))
         if not undecided:
-            return RawOutcome("unsat", tool_time=elapsed, tool_stats=stats)
+            return done("unsat")
         status = "timeout" if any(s == "timeout" for *_, s in undecided) else "unknown"
-        detail = "; ".join(f"case {c} disjunct {d}: {s}" for c, d, s in undecided[:5])
-        return RawOutcome(status, tool_time=elapsed, tool_stats=stats, message=detail)
+        return done(status, message="; ".join(f"case {c} disjunct {d}: {s}" for c, d, s in undecided[:5]))
+
+
+def box_bounds(model: Any, net: Network, lows: np.ndarray, highs: np.ndarray, C: np.ndarray, method: str
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """vfnn's bounds for a batch of boxes (float64): per ReLU layer (lower, upper) of shape
+    (B, neurons), widened by BOUND_SLACK, and lower bounds of ``C @ y`` (B, k)."""
+    import torch
+
+    from vfnn.bounds import compute_bounds
+
+    B = lows.shape[0]
+    lo = torch.as_tensor(lows, dtype=torch.float64).reshape(B, *net.input_shape)
+    hi = torch.as_tensor(highs, dtype=torch.float64).reshape(B, *net.input_shape)
+    with torch.no_grad():
+        b = compute_bounds(model, lo, hi, C=torch.as_tensor(C, dtype=torch.float64), method=method)
+    pre = []
+    for pl, pu in b.pre_activation:
+        pl, pu = pl.reshape(B, -1).numpy(), pu.reshape(B, -1).numpy()
+        pre.append((pl - BOUND_SLACK * (1 + np.abs(pl)), pu + BOUND_SLACK * (1 + np.abs(pu))))
+    return pre, b.lower.reshape(B, -1).numpy() - BOUND_SLACK
+
+
+def _unsafe_centre(model: Any, net: Network, lows: np.ndarray, highs: np.ndarray, case: SpecCase
+                   ) -> np.ndarray | None:
+    """The first box centre whose float64 output is unsafe (a free counterexample search)."""
+    import torch
+
+    mid = (lows + highs) / 2
+    with torch.no_grad():
+        y = model(torch.as_tensor(mid).reshape(len(mid), *net.input_shape)).reshape(len(mid), -1)
+    for h in case.unsafe:
+        hit = torch.nonzero(_margin(y, h) <= 0)
+        if hit.numel():
+            return mid[int(hit[0, 0])]
+    return None
 
 
 def _bisect(lo: np.ndarray, hi: np.ndarray, lo0: np.ndarray, hi0: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -167,32 +222,13 @@ def _pgd_round(model: Any, net: Network, spec: Spec, steps: int, restarts: int, 
 
 
 class Encoding:
-    """The MILP constraints of one network over one input box (shared by the box's disjuncts)."""
+    """The MILP constraints of one network over one input box (shared by the box's disjuncts),
+    from per-ReLU-layer pre-activation bounds (flat arrays, already widened)."""
 
-    def __init__(self, net: Network, case: SpecCase, bound_method: str):
-        import torch
-
-        from vfnn.bounds import compute_bounds
-
-        self.net, self.case, self.method = net, case, bound_method
-        rows = [h.A for h in case.unsafe if h.A.shape[0]]
-        C = np.concatenate(rows, 0) if rows else np.zeros((0, net.output_size))
-        # float64 boxes and model: the bounds are then exact up to float64 rounding (widened below).
-        lower = torch.as_tensor(case.lower, dtype=torch.float64).reshape(1, *net.input_shape)
-        upper = torch.as_tensor(case.upper, dtype=torch.float64).reshape(1, *net.input_shape)
-        Ct = torch.as_tensor(C, dtype=torch.float64) if C.shape[0] else None
-        with torch.no_grad():
-            b = compute_bounds(net.to_torch().double(), lower, upper, C=Ct, method=bound_method)
-        self.pre = [(lo.detach().double().numpy().reshape(-1), up.detach().double().numpy().reshape(-1))
-                    for lo, up in b.pre_activation]
-        self.c_lower = b.lower.detach().double().numpy().reshape(-1) if Ct is not None else np.zeros(0)
-        self._row_offsets = np.cumsum([0] + [h.A.shape[0] for h in case.unsafe])
+    def __init__(self, net: Network, lower: np.ndarray, upper: np.ndarray,
+                 pre: list[tuple[np.ndarray, np.ndarray]]):
+        self.net, self.lower, self.upper, self.pre = net, lower, upper, pre
         self._build()
-
-    def row_lower(self, disjunct: Halfspaces) -> np.ndarray:
-        """vfnn's lower bounds of ``disjunct.A @ y`` over the box (all rows of all disjuncts)."""
-        i = next(k for k, h in enumerate(self.case.unsafe) if h is disjunct)
-        return self.c_lower[self._row_offsets[i]:self._row_offsets[i + 1]] - BOUND_SLACK * (1 + np.abs(disjunct.b))
 
     # -- model building --------------------------------------------------------------------------
     def _var(self, n: int, lo: np.ndarray | float, hi: np.ndarray | float, integer: bool = False) -> np.ndarray:
@@ -227,7 +263,7 @@ class Encoding:
         self.n_cols = self.n_rows = 0
         self.col_lo, self.col_hi, self.integer, self.coo, self.row_lo, self.row_hi = [], [], [], [], [], []
         shape = tuple(self.net.input_shape)
-        v = self._var(int(np.prod(shape)), self.case.lower, self.case.upper)
+        v = self._var(int(np.prod(shape)), self.lower, self.upper)
         self.inputs = v
         relu_i, self.n_binaries = 0, 0
         layers = self.net.layers
@@ -235,18 +271,14 @@ class Encoding:
             feeds_relu = k + 1 < len(layers) and isinstance(layers[k + 1], ReLU)
             lo, hi = (-np.inf, np.inf)
             if feeds_relu:
-                pl, pu = self.pre[relu_i]
-                lo, hi = pl - BOUND_SLACK * (1 + np.abs(pl)), pu + BOUND_SLACK * (1 + np.abs(pu))
+                lo, hi = self.pre[relu_i]
             if isinstance(layer, (Dense, Conv2d, AvgPool2d, ElementwiseAffine)):
                 rows, cols, vals, bias, shape = _linear_map(layer, shape)
                 v = self._linear(v, rows, cols, vals, bias, len(bias), lo, hi)
             elif isinstance(layer, Flatten):
                 shape = (int(np.prod(shape)),)
             elif isinstance(layer, ReLU):
-                pl, pu = self.pre[relu_i]
-                pl = pl - BOUND_SLACK * (1 + np.abs(pl))
-                pu = pu + BOUND_SLACK * (1 + np.abs(pu))
-                v = self._relu(v, pl, pu)
+                v = self._relu(v, *self.pre[relu_i])
                 relu_i += 1
             else:  # pragma: no cover - Network only has the kinds above
                 raise UnsupportedProblem(f"layer {layer!r} has no MILP encoding")
