@@ -3,7 +3,8 @@
 Run: ``python benchmarks/bounds.py [--threads N] [--quick]``.  Networks have random weights
 scaled like trained ones (1/sqrt(fan-in)); boxes are L-inf balls of radius 0.02 around random
 points, so a realistic share of neurons is unstable.  Peak memory is the largest resident-set
-growth seen during the timed call (sampled), which covers torch's CPU allocations.
+growth seen during the timed calls (sampled from /proc/self/statm, Linux), which covers torch's
+CPU allocations.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import resource
 import threading
 import time
 
-import psutil  # type: ignore[import-untyped]
 import torch
 from torch import nn
 
@@ -43,25 +43,33 @@ def small_cnn() -> nn.Sequential:
     return m
 
 
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class PeakRSS:
     """Samples the resident set size in a thread while the block runs."""
 
     def __enter__(self) -> PeakRSS:
-        self.proc, self.base, self.peak, self._stop = psutil.Process(), 0, 0, False
-        self.base = self.peak = self.proc.memory_info().rss
+        self._stop = False
+        self.base = self.peak = _rss()
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
         return self
 
     def _run(self) -> None:
         while not self._stop:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, _rss())
             time.sleep(0.002)
 
     def __exit__(self, *exc: object) -> None:
         self._stop = True
         self.t.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.peak = max(self.peak, _rss())
 
     @property
     def mib(self) -> float:

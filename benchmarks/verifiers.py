@@ -47,7 +47,8 @@ def run_instances(args: argparse.Namespace, names: list[str]) -> None:
             expected[(Path(r["network"]).name, Path(r["property"]).name)] = r["expected"]
     if args.filter:
         rows = [r for r in rows if args.filter in ",".join(r)]
-    rows = rows[args.skip: args.skip + args.limit if args.limit else None]
+    rows = rows[args.skip::args.every]
+    rows = rows[: args.limit or None]
     tally: dict[str, dict] = {n: defaultdict(int, times=[], total=0.0) for n in names}
     for onnx, prop, *rest in rows:
         timeout = args.timeout or float(rest[0])
@@ -169,6 +170,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=None, help="per-instance seconds (default: the csv's)")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--skip", type=int, default=0)
+    p.add_argument("--every", type=int, default=1, help="take every N-th instance (a spread-out subset)")
     p.add_argument("--filter", default="", help="only instances whose csv row contains this text")
     p.add_argument("--small-nets", type=int, default=12, help="number of small-net properties (0: skip)")
     p.add_argument("--small-timeout", type=float, default=60.0)

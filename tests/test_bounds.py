@@ -94,6 +94,8 @@ def test_crown_never_looser_than_ibp_and_alpha_never_looser_than_crown(builder) 
     alpha = compute_bounds(model, lower, upper, method="alpha-crown", alpha_steps=10)
     assert torch.all(crown.lower >= ibp.lower) and torch.all(crown.upper <= ibp.upper)
     assert torch.all(alpha.lower >= crown.lower) and torch.all(alpha.upper <= crown.upper)
+    for (al, au), (cl, cu) in zip(alpha.pre_activation, crown.pre_activation, strict=True):
+        assert torch.all(al >= cl) and torch.all(au <= cu)
     # the optimisation does something on this network
     assert float((alpha.lower - crown.lower).sum().detach() + (crown.upper - alpha.upper).sum().detach()) > 1e-6
     # and CROWN itself is a real improvement over IBP here, not just the intersection

@@ -129,9 +129,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(bench: dict, tmp_pa
     keys = [json.loads(line)["key"] for line in after.splitlines()]
     assert len(keys) == len(set(keys)) == 24  # nothing ran twice, nothing is missing
     assert _statuses(load_latest(results)) == _statuses(bench["ref"])
-    # a third run has nothing left to do
-    r = subprocess.run(_bench_cmd(bench["csv"], out, "-v", "milp", *MILP_CLI), cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0 and "0 jobs run (24 already done)" in r.stdout
+    # a third run has nothing left to do (and starts no worker)
+    s = run_campaign(bench["csv"], ["milp"], out, options=OPTS, show_progress=False)
+    assert (s.ran, s.already_done) == (0, 24)
     assert results.read_bytes() == after
 
 
@@ -268,3 +268,27 @@ def test_dask_local_cluster_gives_the_same_results(bench: dict, tmp_path: Path) 
     assert s.ran == 6
     got = _statuses(load_latest(tmp_path / "dask" / "results.jsonl"))
     assert got == {k: v for k, v in _statuses(bench["ref"]).items() if k in got} and len(got) == 6
+
+
+def test_report_on_the_real_campaign_and_disagreement_exits_nonzero(bench: dict, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vfnn.cli import cli
+
+    ref = bench["root"] / "ref" / "results.jsonl"
+    r = CliRunner().invoke(cli, ["report", str(ref), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert "DISAGREEMENT" not in r.output and "| run | milp | 0.01 |" in (tmp_path / "rep" / "report.md").read_text()
+    assert len(list((tmp_path / "rep" / "figures").glob("*.png"))) == 3
+    # A second "verifier" claims unsat where milp found (and vfnn replayed) a counterexample.
+    sat = next(x for x in bench["ref"].values() if x["status"] == "sat")
+    liar = json.loads(json.dumps(sat))
+    liar.update(verifier="liar", key=sat["key"].replace("::milp", "::liar"), status="unsat")
+    liar["result"].update(status="unsat", verifier="liar", counterexample_input=None, counterexample_output=None)
+    other = tmp_path / "liar.jsonl"
+    other.write_text(json.dumps(liar) + "\n")
+    r = CliRunner().invoke(cli, ["report", str(ref), str(other)])
+    assert r.exit_code == 1
+    assert "DISAGREEMENT" in r.output and "the counterexample replays, so liar answered unsat wrongly" in r.output
+    r = CliRunner().invoke(cli, ["gate", str(ref), str(other), "--min-verified", "0"])
+    assert r.exit_code == 1 and "FAIL disagreements" in r.output

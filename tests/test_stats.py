@@ -55,7 +55,7 @@ def test_tighter_methods_never_count_more_unstable_neurons() -> None:
     ibp, crown, alpha = (unstable_record(net, spec, m) for m in ("ibp", "crown", "alpha-crown"))
     assert ibp.layers[0].unstable == crown.layers[0].unstable  # first layer: IBP is exact
     assert crown.unstable <= ibp.unstable
-    assert alpha.unstable == crown.unstable  # alpha-CROWN keeps CROWN's intermediate bounds
+    assert alpha.unstable <= crown.unstable  # alpha-CROWN intermediate bounds are at least as tight
     assert all(a >= c - 1e-12 for a, c in zip(alpha.output_lower, crown.output_lower, strict=True))
 
 

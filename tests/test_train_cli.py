@@ -88,3 +88,31 @@ def test_resume_rejects_new_training_options(tmp_path: Path, capsys: pytest.Capt
     (tmp_path / "r" / "config.json").write_text("{}")
     code, _, err = run_cli(["train", "--resume", str(tmp_path / "r"), "--lr", "0.1"], capsys)
     assert code == 2 and "only --device" in err and "--lr" in err
+
+
+def test_failed_start_leaves_no_run_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    code, _, err = run_cli(["train", "--nbc-layer-weights", "1", "--reg", "nbc", "--out", str(out), "-q"], capsys)
+    assert code == 2 and "--nbc-layer-weights has 1 values" in err
+    assert not (out / "config.json").exists()
+
+
+def test_cli_resume_finishes_an_interrupted_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--arch", "fc:16x2", "--schedule", "ce:1,ce+nbc:1", "--eval-size", "40", "--eval-pgd-steps", "2",
+            "-q"]
+    assert run_cli(args + ["--out", str(tmp_path / "full")], capsys)[0] == 0
+    # Interrupt after the first epoch: what a Ctrl-C between epochs leaves behind.
+    from vfnn.train.config import TrainConfig
+    from vfnn.train.trainer import Trainer
+
+    cfg = TrainConfig.from_dict(json.loads((tmp_path / "full" / "config.json").read_text()))
+    Trainer(cfg, tmp_path / "cut").run(stop_after=1)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    code, _, err = run_cli(["train", "--resume", str(tmp_path / "cut"), "-q"], capsys)
+    assert code == 0, err
+
+    def strip(path: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+    assert strip(tmp_path / "cut") == strip(tmp_path / "full")

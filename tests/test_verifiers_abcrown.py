@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import stat
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vfnn.spec import Halfspaces, Spec, SpecCase, robustness_spec
 from vfnn.verifiers.abcrown import (
     ENV_PATH,
     ENV_PYTHON,
@@ -30,8 +32,9 @@ from vfnn.verifiers.abcrown import (
     parse_results,
     parse_stdout,
     to_yaml,
+    write_abcrown_vnnlib,
 )
-from vfnn.verifiers.base import ToolCrashed
+from vfnn.verifiers.base import ToolCrashed, UnsupportedProblem
 from vfnn.verifiers.replay import validate_counterexample
 from vfnn.vnnlib import read_vnnlib
 
@@ -76,6 +79,13 @@ def test_acasxu_unsat():
     assert raw.status == "unsat" and raw.counterexample is None
     assert raw.tool_stats["tool_verdict"] == "unsat"
     assert 0 < raw.tool_time < 60
+
+
+def test_acasxu_input_split_proof_counts_domains():
+    raw = outcome("acasxu_prop1_unsat")
+    assert raw.status == "unsat"
+    assert raw.tool_stats["domains_visited"] == 941
+    assert "(>= Y_0 3.991125645861615)" in (DATA / "acasxu_prop1_unsat" / "spec.vnnlib").read_text()
 
 
 def test_acasxu_input_split_timeout_is_a_real_timeout():
@@ -164,6 +174,55 @@ def test_mode_choice_and_config_text_match_the_captured_runs():
         assert written == to_yaml(build_config(c["mode"], "cpu")) + "\n"
     yaml = pytest.importorskip("yaml")
     assert yaml.safe_load(to_yaml(build_config("input-split"))) == build_config("input-split")
+
+
+# -- the spec file vfnn writes for α,β-CROWN ----------------------------------------------------------
+# α,β-CROWN's reader accepts only "(op A B)" comparisons whose operands are variables or numbers.
+
+_OPERAND = r"(?:[XY]_\d+|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+_ABCROWN_COMPARISON = re.compile(rf"^\((?:<=|>=) {_OPERAND} {_OPERAND}\)$")
+
+
+def _comparisons(text: str) -> list[str]:
+    body = "\n".join(line for line in text.splitlines() if line.startswith(("(assert", "    (and")))
+    return re.findall(r"\((?:<=|>=)[^()]*\)", body)
+
+
+def _same_spec(a: Spec, b: Spec) -> bool:
+    return len(a.cases) == len(b.cases) and all(
+        np.array_equal(x.lower, y.lower) and np.array_equal(x.upper, y.upper) and len(x.unsafe) == len(y.unsafe)
+        and all(np.array_equal(np.sign(h.A), np.sign(g.A)) for h, g in zip(x.unsafe, y.unsafe, strict=True))
+        for x, y in zip(a.cases, b.cases, strict=True))
+
+
+def test_spec_writer_uses_only_what_abcrown_reads_and_round_trips(tmp_path):
+    spec = robustness_spec(np.linspace(0.1, 0.9, 24), 3, 0.04, 4)
+    text = write_abcrown_vnnlib(spec, tmp_path / "s.vnnlib").read_text()
+    comps = _comparisons(text)
+    assert len(comps) == 2 * 24 + 3 and all(_ABCROWN_COMPARISON.match(c) for c in comps), comps
+    assert _same_spec(spec, read_vnnlib(tmp_path / "s.vnnlib"))
+
+
+def test_spec_writer_on_every_acasxu_property(acasxu, tmp_path):
+    for k in range(1, 11):  # prop_1 is "Y_0 >= c", prop_6 has two input boxes
+        spec = read_vnnlib(acasxu / "vnnlib" / f"prop_{k}.vnnlib")
+        text = write_abcrown_vnnlib(spec, tmp_path / f"p{k}.vnnlib").read_text()
+        assert all(_ABCROWN_COMPARISON.match(c) for c in _comparisons(text)), k
+        back = read_vnnlib(tmp_path / f"p{k}.vnnlib")
+        assert _same_spec(spec, back), k
+        y = np.random.default_rng(k).normal(scale=3.0, size=(200, 5))
+        for x_case, b_case in zip(spec.cases, back.cases, strict=True):
+            assert [x_case.is_unsafe(v, 0.0) for v in y] == [b_case.is_unsafe(v, 0.0) for v in y]
+
+
+def test_spec_writer_scales_single_outputs_and_refuses_sums(tmp_path):
+    box = (np.zeros(2), np.ones(2))
+    scaled = Spec((SpecCase(*box, (Halfspaces(np.array([[2.0, 0.0], [0.0, -4.0]]), np.array([3.0, 2.0])),)),), 2, 2)
+    text = write_abcrown_vnnlib(scaled, tmp_path / "a.vnnlib").read_text()
+    assert "(and (<= Y_0 1.5) (>= Y_1 -0.5))" in text
+    summed = Spec((SpecCase(*box, (Halfspaces(np.array([[1.0, 1.0]]), np.array([0.0])),)),), 2, 2)
+    with pytest.raises(UnsupportedProblem, match="cannot express"):
+        write_abcrown_vnnlib(summed, tmp_path / "b.vnnlib")
 
 
 # -- availability -------------------------------------------------------------------------------------
@@ -255,11 +314,18 @@ def test_sat_goes_through_replay_validation(tmp_path):
 def test_counterexample_that_does_not_replay_becomes_error(tmp_path):
     # The captured MLP counterexample checked against a different property of the same network
     # (robustness at the centre of a tiny box that does not contain the point).
-    from vfnn.spec import robustness_spec
-
     other = robustness_spec(np.full(24, 0.5), 3, 0.001, 4)
     r = _replaying(tmp_path, "mlp_bab_sat").verify(MLP, other, 30, unstable_method=None)
     assert r.status == "error" and "rejected by replay" in r.message
+
+
+def test_inexpressible_property_is_an_error_before_running(tmp_path):
+    rows = np.zeros((1, 4))
+    rows[0, :2] = 1.0  # y_0 + y_1 <= 0: no α,β-CROWN VNN-LIB form
+    base = read_vnnlib(DATA / "mlp_bab_sat" / "spec.vnnlib").cases[0]
+    spec = Spec((SpecCase(base.lower, base.upper, (Halfspaces(rows, np.zeros(1)),)),), 24, 4)
+    r = _replaying(tmp_path, "mlp_bab_sat").verify(MLP, spec, 30, unstable_method=None)
+    assert r.status == "error" and "unsupported" in r.message and "cannot express" in r.message
 
 
 def test_crash_becomes_error_with_the_tail_of_stderr(tmp_path):

@@ -136,7 +136,7 @@ class HogVerifier(Scripted):
         super().__init__("hog")
 
     def _solve(self, problem: Problem, options: dict) -> RawOutcome:
-        blocks = [np.ones(2**28, np.uint8) for _ in range(64)]  # 16 GiB, far above the 2 GiB cap
+        blocks = [np.empty(2**28, np.uint8) for _ in range(64)]  # 16 GiB of address space, cap is 2 GiB
         return RawOutcome("unknown", message=str(len(blocks)))
 
 
@@ -224,15 +224,21 @@ def test_cli_dimension_mismatch(tmp_path: Path) -> None:
     assert len(p.stderr.strip().splitlines()) == 1 and "3" in p.stderr
 
 
-def test_cli_verdict_and_counterexample_file(tmp_path: Path) -> None:
+def test_cli_verdict_and_counterexample_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vfnn.cli import main
     from vfnn.onnx_io import save_onnx
     from vfnn.vnnlib import write_vnnlib
 
     model = save_onnx(tiny_net(), tmp_path / "tiny.onnx")
     spec = write_vnnlib(unsafe_spec(), tmp_path / "unsafe.vnnlib")
     cex = tmp_path / "cex.txt"
-    p = _vfnn("verify", "--verifier", "milp", "-t", "30", "--save-counterexample", str(cex), str(model), str(spec))
-    assert p.returncode == 1 and p.stdout.startswith("sat [milp]"), p.stdout + p.stderr
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", "--verifier", "milp", "-t", "30", "--save-counterexample", str(cex), str(model), str(spec)])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 1 and out.startswith("sat [milp]") and "unstable (crown)" in out, out
+    assert len(out.strip().splitlines()) == 1
     assert cex.read_text().startswith("((X_0 ") and "(Y_1 " in cex.read_text()
-    p = _vfnn("verify", "--json", "--timeout", "30", str(model), str(spec))
-    assert VerificationResult.from_json(p.stdout).status == "sat"
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", "--json", "-t", "30", "-o", "threads=1", str(model), str(spec)])
+    r = VerificationResult.from_json(capsys.readouterr().out)
+    assert exit_.value.code == 1 and r.status == "sat" and r.options["threads"] == 1 and r.model_path == str(model)

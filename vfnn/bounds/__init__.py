@@ -11,8 +11,10 @@ module types), on the device and in the dtype of the box tensors.
   auto_LiRPA's ``compute_bounds(method="CROWN")`` (see :func:`~vfnn.bounds.propagate.crown_intermediate`),
   then the output bounds are intersected with IBP's, so CROWN is never looser than IBP
   (``intersect_ibp=False`` gives the raw auto_LiRPA-identical output bounds).  Differentiable.
-- ``alpha-crown``: CROWN's intermediate bounds, output bounds with lower slopes optimised by
-  projected Adam steps; never looser than ``crown`` (elementwise best of both).
+- ``alpha-crown``: lower slopes of unstable neurons (for the output rows and for every
+  intermediate layer) optimised jointly by projected Adam steps, as auto_LiRPA's
+  ``CROWN-Optimized``; never looser than ``crown`` (elementwise best of both, also for the
+  pre-activation bounds).
 
 docs/bounds.md has the formulas, the choices and measured speed.
 """
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from vfnn.bounds.plan import make_plan
-from vfnn.bounds.propagate import alpha_crown_output, crown_intermediate, crown_output, ibp
+from vfnn.bounds.propagate import alpha_crown, crown_intermediate, crown_output, ibp
 
 Method = Literal["ibp", "crown", "alpha-crown"]
 METHODS: tuple[str, ...] = ("ibp", "crown", "alpha-crown")
@@ -82,8 +84,7 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
         lo, hi = crown_output(plan, relax, lower, upper, C)
     else:
         with torch.no_grad():
-            pre, relax = crown_intermediate(plan, lower, upper)
-            lo, hi = alpha_crown_output(plan, relax, lower, upper, C, alpha_steps, alpha_lr)
+            pre, (lo, hi) = alpha_crown(plan, lower, upper, C, alpha_steps, alpha_lr)
     if intersect_ibp:
         if method == "alpha-crown":
             with torch.no_grad():

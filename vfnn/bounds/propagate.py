@@ -233,35 +233,80 @@ def crown_output(plan: Plan, relax: list[Relaxation], lower: torch.Tensor, upper
     return torch.cat(los, 1), torch.cat(his, 1)
 
 
-def alpha_crown_output(plan: Plan, relax: list[Relaxation], lower: torch.Tensor, upper: torch.Tensor,
-                       C: torch.Tensor | None, steps: int, lr: float) -> Interval:
-    """Optimise the lower slopes of unstable neurons (one set per output row, box and side) with
-    Adam, keeping the best bound seen per element; intermediate bounds stay CROWN's (auto_LiRPA's
-    default, ``enable_opt_interm_bounds=False``).  Not differentiable w.r.t. the parameters."""
+def _refine_rows(plan: Plan, relax: list[Relaxation], i: int, rows: torch.Tensor, base: Interval,
+                 center: torch.Tensor, diff: torch.Tensor, alphas: list[torch.Tensor]) -> Interval:
+    """Layer i's bounds with its ``rows`` recomputed under ``alphas``, intersected with ``base``."""
+    B = center.shape[0]
+    shape = plan.pre_shapes[i]
+    n = prod(shape)
+    eye = torch.zeros(rows.numel(), n, dtype=center.dtype, device=center.device)
+    eye[torch.arange(rows.numel(), device=eye.device), rows] = 1.0
+    cl, cu = backward_bounds(plan, relax, i, eye.reshape(1, 1, rows.numel(), *shape), center, diff, alphas)
+    bl, bu = base[0].reshape(B, -1), base[1].reshape(B, -1)
+    lo = bl.index_copy(1, rows, torch.max(bl[:, rows], cl)).reshape(B, *shape)
+    hi = bu.index_copy(1, rows, torch.min(bu[:, rows], cu)).reshape(B, *shape)
+    return lo, hi
+
+
+def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None, steps: int,
+                lr: float) -> tuple[list[Interval], Interval]:
+    """alpha-CROWN: optimise the lower slopes of unstable neurons with projected Adam steps.
+
+    As auto_LiRPA's ``CROWN-Optimized``, slopes exist per (box, side, bounded row, neuron) for the
+    output rows *and* for every intermediate layer's CROWN-unstable neurons, and all of them are
+    optimised jointly for the output bounds (the intermediate bounds are recomputed each step,
+    intersected with CROWN's).  Layers whose slope tensors would exceed a memory budget keep
+    CROWN's bounds.  The tightest bounds seen (intermediate and output) are returned.  The model
+    parameters receive no gradients (``torch.autograd.grad`` w.r.t. the slopes only)."""
     B = lower.shape[0]
-    k = spec_rows(plan, C, lower.dtype, lower.device).shape[2]
-    relax = [Relaxation(*(t.detach() for t in (r.lower_d, r.upper_d, r.upper_b)), r.active, r.unstable)
-             for r in relax]
+    center, diff = ((upper + lower) / 2.0).flatten(1), ((upper - lower) / 2.0).flatten(1)
     with torch.no_grad():
-        best_l, best_u = crown_output(plan, relax, lower, upper, C)
-    if steps <= 0 or not any(bool(r.unstable.any()) for r in relax):
-        return best_l, best_u
-    alphas = [r.lower_d.unsqueeze(1).unsqueeze(1).expand(B, 2, k, *r.lower_d.shape[1:]).clone().requires_grad_(True)
-              for r in relax]
-    opt = torch.optim.Adam(alphas, lr=lr)
+        pre0, relax0 = crown_intermediate(plan, lower, upper)
+        pre0 = [(lo.detach(), hi.detach()) for lo, hi in pre0]
+        relax0 = [Relaxation.of(lo, hi) for lo, hi in pre0]
+        best_l, best_u = crown_output(plan, relax0, lower, upper, C)
+    best_pre = list(pre0)
+    if steps <= 0 or not any(bool(r.unstable.any()) for r in relax0):
+        return best_pre, (best_l, best_u)
+    k = spec_rows(plan, C, lower.dtype, lower.device).shape[2]
+
+    def slopes(m: int, upto: int) -> list[torch.Tensor]:
+        return [r.lower_d.unsqueeze(1).unsqueeze(1).expand(B, 2, m, *r.lower_d.shape[1:]).clone().requires_grad_(True)
+                for r in relax0[:upto]]
+
+    rows: dict[int, torch.Tensor] = {}
+    inter: dict[int, list[torch.Tensor]] = {}
+    for i in range(1, plan.n_relu):
+        lo, hi = pre0[i]
+        idx = ((lo.reshape(B, -1) < 0) & (hi.reshape(B, -1) > 0)).any(0).nonzero().squeeze(1)
+        if idx.numel() and B * 2 * idx.numel() * _path_numel(plan, i) <= 2 * ELEMENT_BUDGET:
+            rows[i], inter[i] = idx, slopes(idx.numel(), i)
+    final = slopes(k, plan.n_relu)
+    params = final + [a for v in inter.values() for a in v]
+    opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.98)
-    for _ in range(steps):
-        with torch.enable_grad():
-            lo, hi = crown_output(plan, relax, lower, upper, C, alphas)
-            grads = torch.autograd.grad((hi - lo).sum(), alphas)
+
+    def evaluate() -> tuple[list[Interval], Interval]:
+        pre, relax = list(pre0), list(relax0)
+        for i, idx in rows.items():
+            pre[i] = _refine_rows(plan, relax, i, idx, pre0[i], center, diff, inter[i])
+            relax[i] = Relaxation.of(*pre[i])
+        return pre, crown_output(plan, relax, lower, upper, C, final)
+
+    for step in range(steps + 1):
+        with torch.enable_grad() if step < steps else torch.no_grad():
+            pre, (lo, hi) = evaluate()
+            grads = torch.autograd.grad((hi - lo).sum(), params, allow_unused=True) if step < steps else ()
         with torch.no_grad():
             best_l, best_u = torch.max(best_l, lo.detach()), torch.min(best_u, hi.detach())
-            for a, g in zip(alphas, grads, strict=True):
+            best_pre = [(torch.max(bl, pl.detach()), torch.min(bu, pu.detach()))
+                        for (bl, bu), (pl, pu) in zip(best_pre, pre, strict=True)]
+            if step == steps:
+                break
+            for a, g in zip(params, grads, strict=True):
                 a.grad = g
             opt.step()
             sched.step()
-            for a in alphas:
+            for a in params:
                 a.clamp_(0, 1)
-    with torch.no_grad():
-        lo, hi = crown_output(plan, relax, lower, upper, C, alphas)
-    return torch.max(best_l, lo), torch.min(best_u, hi)
+    return best_pre, (best_l, best_u)

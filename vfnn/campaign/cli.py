@@ -69,7 +69,8 @@ def _options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 @click.option("--verifier", "-v", "verifiers", multiple=True, required=True, help="Verifier name (repeatable).")
 @click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Campaign folder.")
 @click.option("--timeout", type=float, default=None, help="Seconds per job (default: the instances.csv column).")
-@click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Jobs at a time (worker processes).")
+@click.option("--jobs", "-j", type=int, default=None,
+              help="Jobs at a time: worker processes (default 1); with --dask, tasks in flight (default: its threads).")
 @click.option("--portfolio", is_flag=True, help="Race the verifiers on each instance; the first sat/unsat wins.")
 @click.option("--dask", "dask", default=None, metavar="ADDRESS",
               help="Run on a Dask cluster: tcp://host:port, a scheduler file (.json), or local[:N].")
@@ -79,9 +80,9 @@ def _options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
               help="Run again the jobs whose recorded result has this status (repeatable).")
 @click.option("--category", default=None, help="VNN-COMP category (default: the instances.csv folder name).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def bench_cmd(instances: str, verifiers: tuple[str, ...], out: str, timeout: float | None, jobs: int, portfolio: bool,
-              dask: str | None, option_items: tuple[str, ...], rerun: tuple[str, ...], category: str | None,
-              quiet: bool) -> None:
+def bench_cmd(instances: str, verifiers: tuple[str, ...], out: str, timeout: float | None, jobs: int | None,
+              portfolio: bool, dask: str | None, option_items: tuple[str, ...], rerun: tuple[str, ...],
+              category: str | None, quiet: bool) -> None:
     """Run every (model, spec, verifier) job of INSTANCES (a VNN-COMP instances.csv).
 
     Each job's result is appended to OUT/results.jsonl as soon as it finishes (flushed and
@@ -95,10 +96,12 @@ def bench_cmd(instances: str, verifiers: tuple[str, ...], out: str, timeout: flo
                      options=_options(option_items), rerun=tuple(rerun), category=category, console=console,
                      show_progress=not quiet)
     c = s.counts
-    overhead = (s.wall_time * max(1, jobs) - s.solve_time) / s.ran if s.ran else 0.0
-    click.echo(f"{s.ran} jobs run ({s.already_done} already done): {c['unsat']} verified, {c['sat']} falsified, "
-               f"{c['timeout']} timeout, {c['unknown']} unknown, {c['error']} error in {s.wall_time:.1f} s "
-               f"(scheduling overhead ~{overhead:.2f} s/job)")
+    line = (f"{s.ran} jobs run ({s.already_done} already done): {c['unsat']} verified, {c['sat']} falsified, "
+            f"{c['timeout']} timeout, {c['unknown']} unknown, {c['error']} error in {s.wall_time:.1f} s")
+    if s.ran and s.workers:
+        overhead = max(0.0, s.wall_time * s.workers - s.solve_time) / s.ran
+        line += f" (campaign overhead ~{overhead:.2f} s/job)"
+    click.echo(line)
     click.echo(f"results: {s.results}")
     if s.interrupted:
         click.echo("interrupted: run the same command again to resume", err=True)

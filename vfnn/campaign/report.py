@@ -62,7 +62,7 @@ def _rich_table(title: str, first: str, rows: list[tuple[tuple, GroupStats]]) ->
 def print_report(rep: Report, console: Console) -> None:
     """Disagreements first (loud), then the tables."""
     for d in rep.disagreements:
-        console.print(f"[bold red]DISAGREEMENT (a verifier is unsound):[/] {d.describe()}")
+        console.print(f"[bold red]DISAGREEMENT (a verifier is unsound):[/] {d.describe()}", soft_wrap=True)
     console.print(_rich_table(f"Results per model ({rep.n_records} jobs)", "model", rep.by_model))
     if rep.by_method:
         console.print(_rich_table("Results per training method", "method", rep.by_method))

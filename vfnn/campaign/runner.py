@@ -58,6 +58,7 @@ class CampaignSummary:
     results: Path
     csv_files: list[Path] = field(default_factory=list)
     interrupted: bool = False
+    workers: int | None = None  # local worker processes (None with --dask)
 
 
 @dataclass
@@ -69,14 +70,14 @@ class _JobState:
     started: float = 0.0
 
 
-def _make_backend(jobs: int, dask: str | None) -> Any:
+def _make_backend(jobs: int | None, dask: str | None) -> Any:
     if dask:
         from vfnn.campaign.dask_backend import DaskBackend
 
-        return DaskBackend(dask, slots=jobs if jobs > 0 else None)
+        return DaskBackend(dask, slots=jobs)  # None: as many as the cluster has threads
     from vfnn.campaign.localpool import LocalPool
 
-    return LocalPool(max(1, jobs))
+    return LocalPool(jobs or 1)
 
 
 class _Counts:
@@ -94,7 +95,7 @@ def run_campaign(
     verifiers: list[str],
     out: str | Path,
     *,
-    jobs: int = 1,
+    jobs: int | None = None,
     timeout: float | None = None,
     portfolio: bool = False,
     dask: str | None = None,
@@ -109,7 +110,7 @@ def run_campaign(
     for s in rerun:
         if s not in STATUS_ORDER:
             raise VfnnError(f"--rerun {s!r}: expected one of {', '.join(STATUS_ORDER)}")
-    if jobs < 1 and not dask:
+    if jobs is not None and jobs < 1:
         raise VfnnError(f"--jobs must be at least 1, got {jobs}")
     instances = read_instances(instances_csv, category)
     plan = plan_jobs(instances, verifiers, portfolio, timeout)
@@ -168,6 +169,9 @@ def run_campaign(
     backend = None
     restore = _install_sigterm()
     try:
+        if portfolio and not dask and (jobs or 1) < len(verifiers):
+            console.print(f"portfolio: {len(verifiers)} workers (one per verifier) instead of --jobs {jobs or 1}")
+            jobs = len(verifiers)
         if len(todo) < len(plan):
             console.print(f"resuming: {len(plan) - len(todo)} of {len(plan)} jobs already in {store.path}")
         with progress:
@@ -196,7 +200,7 @@ def run_campaign(
         restore()
     csv_files = write_vnncomp(out, plan, load_latest(store.path))
     return CampaignSummary(len(plan), len(plan) - len(todo), ran, dict(counts.n), time.perf_counter() - t_start,
-                           solve_time, store.path, csv_files, interrupted)
+                           solve_time, store.path, csv_files, interrupted, None if dask else (jobs or 1))
 
 
 def _precheck(job: Job) -> str | None:

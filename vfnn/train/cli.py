@@ -102,7 +102,8 @@ def _default_out(dataset: str, arch: str, label: str, seed: int) -> Path:
 @click.option("--nbc-c", type=float, default=1.0, show_default=True, help="c in -tanh(1 + c z(x) z(x')).")
 @click.option("--nbc-layer-weights", help="lNBC: one weight per ReLU layer, e.g. 1,0.5,0.25.")
 @click.option("--reg-warmup", type=float, default=1.0, show_default=True, help="Epochs of linear weight warm-up.")
-@click.option("--eval-pgd-steps", type=int, default=20, show_default=True)
+@click.option("--eval-pgd-steps", type=int, default=20, show_default=True,
+              help="Steps of the evaluation attacks (PGD accuracy, adversarial NBC metric).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, help="torch CPU threads.")

@@ -85,6 +85,11 @@ class Batch:
     def clean_preacts(self, model: nn.Sequential) -> list[torch.Tensor]:
         return self.clean(model)[1]
 
+    @property
+    def clean_logits_if_computed(self) -> torch.Tensor | None:
+        """The clean logits if some loss term needed them (for the running training accuracy)."""
+        return None if self._clean is None else self._clean[0]
+
 
 @dataclass(frozen=True)
 class ScheduleValues:

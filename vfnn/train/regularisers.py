@@ -115,7 +115,6 @@ class Regulariser:
 
     name: str
     weight: float
-    options: dict = field(default_factory=dict)
 
     def loss(self, model: nn.Sequential, batch: Batch, eps: float) -> torch.Tensor:
         raise NotImplementedError

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,12 @@ from vfnn.train.models import build_model, describe, from_description, load_mode
 from vfnn.train.objectives import Batch, ObjectiveOptions, make_objective
 from vfnn.train.regularisers import NBCOptions, make_regulariser
 from vfnn.train.schedules import phase_at, reg_weight, values_at
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from vfnn.train.objectives import Objective
+    from vfnn.train.regularisers import Regulariser
 
 CHECKPOINT_FORMAT = "vfnn-checkpoint-1"
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "model.onnx", "summary.json")
@@ -139,6 +146,7 @@ class Trainer:
             _atomic_write(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
             return int(ckpt["epoch"]), metrics
         self.model = self._initial_model().to(self.device)
+        self._check_model()
         self.optimizer = self._make_optimizer(self.model)
         self.seconds_before = 0.0
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +158,13 @@ class Trainer:
         (self.run_dir / "metrics.jsonl").write_text("")
         return 0, []
 
+    def _check_model(self) -> None:
+        """Options that depend on the model (before anything is written to the run directory)."""
+        layers = len([m for m in self.model if isinstance(m, nn.ReLU)])
+        weights = self.cfg.nbc_layer_weights
+        if weights is not None and len(weights) != layers:
+            raise TrainConfigError(f"--nbc-layer-weights has {len(weights)} values, the model has {layers} ReLU layers")
+
     def _save_checkpoint(self, epoch: int, metrics: list[dict], seconds: float) -> None:
         payload = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "layers": describe(self.model),
                    "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -160,17 +175,13 @@ class Trainer:
         os.replace(tmp, self.run_dir / "checkpoint.pt")
 
     # ----------------------------------------------------------------- loop
-    def run(self, stop_after: int | None = None, progress: object | None = None) -> dict:
+    def run(self, stop_after: int | None = None, progress: Progress | None = None) -> dict:
         """Train to the end of the schedule (or ``stop_after`` epochs, for tests); returns the summary."""
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self._load_data()
         start, metrics = self._prepare_dir()
-        self.layer_count = len([m for m in self.model if isinstance(m, nn.ReLU)])
-        if cfg.nbc_layer_weights is not None and len(cfg.nbc_layer_weights) != self.layer_count:
-            raise TrainConfigError(f"--nbc-layer-weights has {len(cfg.nbc_layer_weights)} values, "
-                                   f"the model has {self.layer_count} ReLU layers")
         self.nbc_options = NBCOptions(cfg.nbc_neighbours, cfg.nbc_samples, cfg.nbc_steps, cfg.nbc_c,
                                       cfg.nbc_layer_weights)
         options = ObjectiveOptions(cfg.pgd_steps, cfg.pgd_step_size, cfg.trades_beta, self.n_classes)
@@ -200,7 +211,8 @@ class Trainer:
             return {"complete": False, "epochs_done": end}
         return self._finish(metrics, seconds)
 
-    def _train_epoch(self, epoch: int, objective, regs: dict, progress) -> dict:
+    def _train_epoch(self, epoch: int, objective: Objective, regs: dict[str, Regulariser],
+                     progress: Progress | None) -> dict:
         cfg, model = self.cfg, self.model
         model.train()
         seed = epoch_seed(cfg.seed, epoch)
@@ -231,18 +243,20 @@ class Trainer:
             total += float(loss.detach()) * n
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * n
-            if batch._clean is not None:
-                correct += int((batch._clean[0].argmax(1) == batch.y).sum())
+            logits = batch.clean_logits_if_computed
+            if logits is not None:
+                correct += int((logits.argmax(1) == batch.y).sum())
                 clean_seen += n
             if progress is not None:
                 progress.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {total / seen:.4f}")
         if progress is not None:
             progress.remove_task(task)
-        end = values_at(cfg, epoch, 1.0 - 1e-9)
+        last = (len(batches) - 1) / len(batches)  # schedule position of the epoch's last batch
+        end = values_at(cfg, epoch, last)
         return {"loss": total / seen, "loss_terms": {k: v / seen for k, v in sums.items()},
                 "train_acc": correct / clean_seen if clean_seen else None,
                 "eps_train": end.eps, "kappa": end.kappa, "beta": end.beta,
-                "reg_weights": {name: reg_weight(cfg, name, epoch, 1.0 - 1e-9) for name in regs}}
+                "reg_weights": {name: reg_weight(cfg, name, epoch, last) for name in regs}}
 
     def _finish(self, metrics: list[dict], seconds: float) -> dict:
         from vfnn.network import Network

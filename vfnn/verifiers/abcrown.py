@@ -6,10 +6,10 @@ onnx2pytorch) conflicts with vfnn's, so vfnn never imports it.  The user points 
 interpreter of its environment (``VFNN_ABCROWN_PYTHON`` or option ``python``); see
 ``verifiers/abcrown/README.md``.
 
-One solve: write a config for the chosen mode, write the spec with vfnn's own VNN-LIB writer into
-a scratch directory (α,β-CROWN writes ``<spec>.compiled`` next to it; and vfnn's parse of the spec
-is what the counterexample is replayed against), run the tool with ``--timeout`` and kill it
-ourselves when it overruns, then parse the results file and stdout.
+One solve: write a config for the chosen mode, write the spec into a scratch directory in the
+VNN-LIB subset α,β-CROWN's reader accepts (it writes ``<spec>.compiled`` next to it; and vfnn's
+parse of the spec is what the counterexample is replayed against), run the tool with ``--timeout``
+and kill it ourselves when it overruns, then parse the results file and stdout.
 
 Reading the verdict (α,β-CROWN 0.7.0, Dec 2025; see ``tests/data/abcrown`` for real outputs):
 

@@ -289,14 +289,14 @@ class Verifier(ABC):
         x = np.asarray(raw.counterexample, np.float64).reshape(-1)
         if x.size != spec.n_inputs:
             return False, None, None, None, f"counterexample has {x.size} values, expected {spec.n_inputs}"
-        reason = "input lies outside every input box"
-        for i, c in enumerate(spec.cases):
-            if not c.contains_input(x, SPEC_ATOL):
+        reason = "the point lies in no input region that has unsafe outputs"
+        for c in spec.cases:
+            if not c.unsafe or not c.contains_input(x, SPEC_ATOL):
                 continue
             xc = np.clip(x, c.lower, c.upper)
             ok, y, why = validate_counterexample(onnx_path, spec, xc, raw.output)
             if ok:
-                return True, xc.tolist(), y.tolist(), i, why
+                return True, xc.tolist(), y.tolist(), spec.find_violation(xc, y, SPEC_ATOL), why
             reason = why
         if not any(c.contains_input(x, SPEC_ATOL) for c in spec.cases):
             _, _, reason = validate_counterexample(onnx_path, spec, x, None)

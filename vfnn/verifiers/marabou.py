@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from vfnn.verifiers.base import Availability, Option, Problem, RawOutcome, ToolCrashed, Verifier
+from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Network, per_channel_values
+from vfnn.verifiers.base import Availability, Option, Problem, RawOutcome, ToolCrashed, UnsupportedProblem, Verifier
 
 _STATS = {  # tool_stats key -> StatisticsUnsignedAttribute name
     "splits": "NUM_SPLITS",
@@ -33,6 +34,29 @@ _STATS = {  # tool_stats key -> StatisticsUnsignedAttribute name
     "relu_constraints": "NUM_PL_CONSTRAINTS",
     "precision_restorations": "NUM_PRECISION_RESTORATIONS",
 }
+
+
+def marabou_network(net: Network) -> Network:
+    """The same function with only operators Marabou's ONNX parser reads correctly: average
+    pooling becomes a convolution with a diagonal kernel, a flat per-element affine a diagonal
+    Gemm (per-channel affines are exported as 1x1 convolutions already)."""
+    layers = []
+    shape = tuple(net.input_shape)
+    for layer, out_shape in zip(net.layers, net.layer_shapes(), strict=True):
+        if isinstance(layer, AvgPool2d):
+            c = shape[0]
+            w = np.zeros((c, c, *layer.kernel), np.float32)
+            w[np.arange(c), np.arange(c)] = 1.0 / (layer.kernel[0] * layer.kernel[1])
+            layer = Conv2d(w, np.zeros(c, np.float32), layer.stride)
+        elif isinstance(layer, ElementwiseAffine) and layer.scale.ndim == 1:
+            layer = Dense(np.diag(layer.scale).astype(np.float32), layer.shift.astype(np.float32))
+        elif isinstance(layer, ElementwiseAffine) and (
+                layer.scale.ndim != 3 or per_channel_values(layer.scale) is None
+                or per_channel_values(layer.shift) is None):
+            raise UnsupportedProblem("a per-pixel affine layer has no form Marabou's ONNX parser reads correctly")
+        layers.append(layer)
+        shape = out_shape
+    return Network(net.input_shape, tuple(layers), net.name)
 
 
 class MarabouError(ToolCrashed):
@@ -72,11 +96,13 @@ class MarabouVerifier(Verifier):
 
         from vfnn.onnx_io import save_onnx
 
-        onnx_path = save_onnx(problem.network, problem.workdir / "normalised.onnx")
+        onnx_path = save_onnx(marabou_network(problem.network), problem.workdir / "normalised.onnx")
         start = time.monotonic()
         stats: dict[str, Any] = {"queries": 0}
         tool_time = 0.0
         for ci, case in enumerate(problem.spec.cases):
+            if not case.unsafe:  # nothing is unsafe for this input region
+                continue
             left = problem.time_left()
             if left < 1:
                 return RawOutcome("timeout", tool_time=tool_time, tool_stats=stats, message=f"case {ci} not started")

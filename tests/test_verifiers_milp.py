@@ -1,0 +1,104 @@
+"""The built-in MILP verifier: its encoding against torch, and its verdicts against Marabou's
+(and against itself without the early-termination cutoffs) on small random ReLU networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
+from vfnn.spec import robustness_spec
+from vfnn.verifiers import get_verifier
+from vfnn.verifiers.milp import _linear_map
+
+
+def random_net(rng: np.random.Generator, n_in: int, hidden: list[int], n_out: int) -> Network:
+    layers, prev = [], n_in
+    for h in hidden + [n_out]:
+        layers += [Dense(rng.normal(0, np.sqrt(2 / prev), (h, prev)).astype(np.float32),
+                         rng.normal(0, 0.1, h).astype(np.float32)), ReLU()]
+        prev = h
+    return Network((n_in,), tuple(layers[:-1]), "rand")
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (Conv2d(np.random.default_rng(0).normal(size=(3, 2, 3, 3)).astype(np.float32), np.arange(3, dtype=np.float32),
+            (2, 1), (1, 1, 1, 1)), (2, 6, 5)),
+    (Conv2d(np.random.default_rng(1).normal(size=(2, 1, 2, 2)).astype(np.float32), np.ones(2, np.float32)),
+     (1, 4, 4)),
+    (AvgPool2d((2, 2), (2, 2)), (2, 4, 6)),
+    (ElementwiseAffine(np.full((2, 3, 3), 2.0, np.float32), np.ones((2, 3, 3), np.float32)), (2, 3, 3)),
+])
+def test_linear_maps_match_torch(layer: object, shape: tuple[int, ...]) -> None:
+    net = Network(shape, (layer, Flatten()))
+    x = np.random.default_rng(2).normal(size=shape)
+    rows, cols, vals, bias, out_shape = _linear_map(layer, shape)
+    M = np.zeros((int(np.prod(out_shape)), x.size))
+    np.add.at(M, (rows, cols), vals)
+    assert np.allclose(M @ x.reshape(-1) + bias, net.forward(x[None])[0], atol=1e-5)
+
+
+def test_conv_network_robustness_is_decided_and_sat_replays() -> None:
+    rng = np.random.default_rng(3)
+    net = Network((1, 6, 6), (
+        Conv2d(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), np.zeros(4, np.float32), (1, 1), (1, 1, 1, 1)),
+        ReLU(), AvgPool2d((2, 2), (2, 2)), Flatten(),
+        Dense(rng.normal(0, 0.3, (3, 36)).astype(np.float32), np.zeros(3, np.float32)),
+    ), "conv")
+    x = rng.uniform(0, 1, 36)
+    label = int(np.argmax(net.forward(x.reshape(1, 1, 6, 6))[0]))
+    verdicts = set()
+    for eps in (0.001, 0.3):
+        spec = robustness_spec(x, label, eps, 3)
+        r = get_verifier("milp").verify(net, spec, 60)
+        verdicts.add(r.status)
+        assert r.unstable is not None and r.unstable.neurons == 144
+        if get_verifier("marabou").availability().available:  # average pooling reaches Marabou as a conv
+            m = get_verifier("marabou").verify(net, spec, 60, {"margin": 1e-6}, unstable_method=None)
+            assert m.status in (r.status, "timeout"), (m.status, m.message)
+    assert verdicts == {"unsat", "sat"}
+
+
+def test_milp_agrees_with_marabou_and_with_itself_without_cutoffs() -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    marabou = get_verifier("marabou")
+    if not marabou.availability().available:
+        pytest.skip("maraboupy is not installed")
+    milp = get_verifier("milp")
+    seen = []
+    for k in range(8):
+        net = random_net(rng, 3 + k % 3, [12, 12], 4)
+        x = rng.uniform(0.2, 0.8, net.input_size)
+        label = int(np.argmax(net.forward(x[None])[0]))
+        spec = robustness_spec(x, label, [0.02, 0.1][k % 2], 4)
+        # attack off: every sat below comes from the MILP itself, and BaB splitting off for half of them
+        opts = {"attack_steps": 0, "split_max_inputs": 0 if k % 2 else 16}
+        a = milp.verify(net, spec, 60, opts, unstable_method=None)
+        b = milp.verify(net, spec, 60, {**opts, "early_stop": False, "split_max_inputs": 0}, unstable_method=None)
+        c = marabou.verify(net, spec, 60, {"margin": 1e-6}, unstable_method=None)
+        assert a.status == b.status, (k, a.message, b.message)
+        if c.decided:
+            assert a.status == c.status, (k, a.status, c.status)
+        seen.append(a.status)
+    assert {"sat", "unsat"} <= set(seen)
+
+
+@pytest.mark.parametrize("verifier", ["milp", "marabou"])
+def test_several_input_regions_report_the_violated_one(verifier: str) -> None:
+    from vfnn.spec import Halfspaces, Spec, SpecCase
+
+    if not get_verifier(verifier).availability().available:
+        pytest.skip(f"{verifier} is not installed")
+    # y = x0 - x1 through a ReLU pair; unsafe when y0 - y1 <= -0.5, i.e. x1 - x0 >= 0.5
+    net = Network((2,), (Dense(np.array([[1, -1], [-1, 1]], np.float32), np.zeros(2, np.float32)), ReLU(),
+                         Dense(np.eye(2, dtype=np.float32), np.zeros(2, np.float32))), "diff")
+    h = Halfspaces(np.array([[1.0, -1.0]]), np.array([-0.5]))
+    safe_box = SpecCase(np.array([0.5, 0.0]), np.array([1.0, 0.5]), (h,))  # x1 - x0 <= 0
+    no_unsafe = SpecCase(np.zeros(2), np.ones(2), ())
+    bad_box = SpecCase(np.array([0.0, 0.6]), np.array([0.05, 1.0]), (h,))
+    r = get_verifier(verifier).verify(net, Spec((safe_box, no_unsafe, bad_box), 2, 2), 30)
+    assert r.status == "sat" and r.case_index == 2
+    r = get_verifier(verifier).verify(net, Spec((safe_box, no_unsafe), 2, 2), 30)
+    assert r.status == "unsat"
