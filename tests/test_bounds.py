@@ -144,6 +144,22 @@ def test_shared_and_per_box_C_agree_and_C_none_bounds_outputs() -> None:
     assert torch.allclose(eye.lower, rows.lower) and torch.allclose(eye.upper, rows.upper)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_edge_cases_no_relu_and_no_rows(method: str) -> None:
+    lin = _init(nn.Sequential(nn.Flatten(), nn.Linear(6, 3)), 0)
+    lower, upper = _boxes((2, 3), 2, 0.3, 0)
+    b = compute_bounds(lin, lower, upper, method=method)
+    assert b.pre_activation == []
+    # an affine map's bounds are exact: centre image -+ |W| radius
+    mid = lin((lower + upper) / 2)
+    rad = ((upper - lower).flatten(1) / 2) @ lin[1].weight.abs().T
+    assert torch.allclose(b.lower, mid - rad) and torch.allclose(b.upper, mid + rad)
+    model, shape = mlp(0)
+    lower, upper = _boxes(shape, 2, 0.3, 0)
+    empty = compute_bounds(model, lower, upper, torch.zeros(0, 4, dtype=torch.float64), method=method)
+    assert empty.lower.shape == (2, 0) and empty.upper.shape == (2, 0)
+
+
 def test_unsupported_module_is_a_model_error() -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
     with pytest.raises(ModelError, match="Tanh"):

@@ -224,6 +224,9 @@ def crown_output(plan: Plan, relax: list[Relaxation], lower: torch.Tensor, upper
     center, diff = ((upper + lower) / 2.0).flatten(1), ((upper - lower) / 2.0).flatten(1)
     A = spec_rows(plan, C, lower.dtype, lower.device)
     k = A.shape[2]
+    if k == 0:
+        empty = torch.zeros(B, 0, dtype=lower.dtype, device=lower.device)
+        return empty, empty.clone()
     chunk = k if alphas is not None else max(1, ELEMENT_BUDGET // (B * 2 * _path_numel(plan, plan.n_relu)))
     los, his = [], []
     for s in range(0, k, chunk):
@@ -269,6 +272,8 @@ def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.T
     if steps <= 0 or not any(bool(r.unstable.any()) for r in relax0):
         return best_pre, (best_l, best_u)
     k = spec_rows(plan, C, lower.dtype, lower.device).shape[2]
+    if k == 0:
+        return best_pre, (best_l, best_u)
 
     def slopes(m: int, upto: int) -> list[torch.Tensor]:
         return [r.lower_d.unsqueeze(1).unsqueeze(1).expand(B, 2, m, *r.lower_d.shape[1:]).clone().requires_grad_(True)
