@@ -108,7 +108,8 @@ def run_small_nets(args: argparse.Namespace) -> None:
         net = random_net(rng, n_in, hidden, n_out)
         x = rng.uniform(0.2, 0.8, n_in)
         label = int(np.argmax(net.forward(x[None])[0]))
-        spec = robustness_spec(x, label, args.eps, n_out)
+        eps = args.eps[k % len(args.eps)]
+        spec = robustness_spec(x, label, eps, n_out)
         res = {}
         for name in ("milp", "marabou"):
             r = get_verifier(name).verify(net, spec, args.small_timeout, unstable_method=None)
@@ -117,7 +118,7 @@ def run_small_nets(args: argparse.Namespace) -> None:
             statuses[name].append(r.status)
         both = {r.status for r in res.values() if r.decided}
         wrong += len(both) > 1
-        print(f"{net.name:22s} eps={args.eps}  " + "  ".join(f"{n}={r.status}:{r.wall_time:.2f}s"
+        print(f"{net.name:22s} eps={eps:<5g} " + "  ".join(f"{n}={r.status}:{r.wall_time:.2f}s"
                                                              for n, r in res.items()), flush=True)
     common = [i for i in range(args.small_nets) if statuses["milp"][i] in ("sat", "unsat")
               and statuses["marabou"][i] in ("sat", "unsat")]
@@ -174,7 +175,7 @@ def main() -> None:
     p.add_argument("--filter", default="", help="only instances whose csv row contains this text")
     p.add_argument("--small-nets", type=int, default=12, help="number of small-net properties (0: skip)")
     p.add_argument("--small-timeout", type=float, default=60.0)
-    p.add_argument("--eps", type=float, default=0.05)
+    p.add_argument("--eps", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-instances", action="store_true")
     p.add_argument("--overhead", type=int, default=20, help="instant-hook calls to time (0: skip)")

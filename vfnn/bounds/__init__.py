@@ -27,8 +27,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vfnn.bounds.plan import make_plan
-from vfnn.bounds.propagate import alpha_crown, crown_intermediate, crown_output, ibp
+from vfnn.bounds.plan import Plan, make_plan
+from vfnn.bounds.propagate import alpha_crown, alpha_group_size, crown_intermediate, crown_output, ibp
 
 Method = Literal["ibp", "crown", "alpha-crown"]
 METHODS: tuple[str, ...] = ("ibp", "crown", "alpha-crown")
@@ -59,6 +59,24 @@ def _spec_matrix(C: torch.Tensor | None, B: int, like: torch.Tensor) -> torch.Te
     return C
 
 
+def _alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None, steps: int,
+                 lr: float) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+    """alpha-CROWN in groups of boxes (memory), never looser than CROWN on the whole batch."""
+    pre, relax = crown_intermediate(plan, lower, upper)
+    lo, hi = crown_output(plan, relax, lower, upper, C)
+    k = lo.shape[1]
+    g = alpha_group_size(plan, k)
+    parts = []
+    for s in range(0, lower.shape[0], g):
+        Cs = C[s: s + g] if C is not None and C.dim() == 3 else C
+        parts.append(alpha_crown(plan, lower[s: s + g], upper[s: s + g], Cs, steps, lr))
+    lo = torch.max(lo, torch.cat([p[1][0] for p in parts]))
+    hi = torch.min(hi, torch.cat([p[1][1] for p in parts]))
+    pre = [(torch.max(pl, torch.cat([p[0][i][0] for p in parts])),
+            torch.min(pu, torch.cat([p[0][i][1] for p in parts]))) for i, (pl, pu) in enumerate(pre)]
+    return pre, (lo, hi)
+
+
 def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None = None,
                    method: Method = "crown", *, alpha_steps: int = 20, alpha_lr: float = 0.1,
                    intersect_ibp: bool = True) -> Bounds:
@@ -84,7 +102,7 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
         lo, hi = crown_output(plan, relax, lower, upper, C)
     else:
         with torch.no_grad():
-            pre, (lo, hi) = alpha_crown(plan, lower, upper, C, alpha_steps, alpha_lr)
+            pre, (lo, hi) = _alpha_crown(plan, lower, upper, C, alpha_steps, alpha_lr)
     if intersect_ibp:
         if method == "alpha-crown":
             with torch.no_grad():

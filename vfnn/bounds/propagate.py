@@ -21,6 +21,9 @@ from vfnn.bounds.plan import Plan
 
 # Largest number of elements one coefficient tensor may hold before rows are split into chunks.
 ELEMENT_BUDGET = 1 << 25
+# alpha-CROWN keeps every step's coefficient tensors for autograd: boxes are optimised in groups
+# whose estimated element count (all layers, all steps kept) stays under this.
+ALPHA_BUDGET = 1 << 26
 # auto_LiRPA's `minimum_sparsity`: CROWN refines only reference-unstable neurons when they are at
 # most this fraction of a layer, otherwise every neuron of the layer.
 SPARSE_FRACTION = 0.9
@@ -249,6 +252,14 @@ def _refine_rows(plan: Plan, relax: list[Relaxation], i: int, rows: torch.Tensor
     lo = bl.index_copy(1, rows, torch.max(bl[:, rows], cl)).reshape(B, *shape)
     hi = bu.index_copy(1, rows, torch.min(bu[:, rows], cu)).reshape(B, *shape)
     return lo, hi
+
+
+def alpha_group_size(plan: Plan, k: int) -> int:
+    """How many boxes alpha-CROWN optimises together within :data:`ALPHA_BUDGET`."""
+    cost = 2 * k * _path_numel(plan, plan.n_relu) * (plan.n_relu + 1)
+    for i in range(1, plan.n_relu):
+        cost += 2 * prod(plan.pre_shapes[i]) * _path_numel(plan, i) * (i + 1)
+    return max(1, ALPHA_BUDGET // max(cost, 1))
 
 
 def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None, steps: int,

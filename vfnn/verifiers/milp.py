@@ -41,6 +41,7 @@ class MilpVerifier(Verifier):
         Option("attack_steps", int, 50, "PGD steps per restart (0: no attack)"),
         Option("attack_restarts", int, 16, "PGD random restarts (run as one batch)"),
         Option("attack_fraction", float, 0.1, "share of the time budget the attack may use"),
+        Option("attack_rounds", int, 4, "batches of restarts (each from new random points)"),
         Option("attack_time", float, 0.25, "at most this many seconds of attack"),
         Option("branching", str, "smear", "input to split: smear (|gradient| x width at the centre) or sb (bound "
                "both halves along every input, keep the best; ~10x dearer per box)", ("smear", "sb")),
@@ -71,7 +72,8 @@ class MilpVerifier(Verifier):
 
         if options["attack_steps"] > 0:
             budget = min(options["attack_fraction"] * problem.time_left(), options["attack_time"])
-            x = pgd_attack(net, spec, options["attack_steps"], options["attack_restarts"], start + budget)
+            x = pgd_attack(net, spec, options["attack_steps"], options["attack_restarts"], start + budget,
+                           options["attack_rounds"])
             stats["attack_time"] = round(time.monotonic() - start, 4)
             if x is not None:
                 stats["found_by"] = "attack"
@@ -206,14 +208,15 @@ def _margin(y: Any, disjunct: Halfspaces) -> Any:
     return (y @ A.T - b).max(dim=1).values
 
 
-def pgd_attack(net: Network, spec: Spec, steps: int, restarts: int, deadline: float) -> np.ndarray | None:
-    """Signed-gradient descent on the disjunct margin from random points of each box (float64);
-    returns a flat input whose float64 output is unsafe, or None."""
-
+def pgd_attack(net: Network, spec: Spec, steps: int, restarts: int, deadline: float, rounds: int = 1
+               ) -> np.ndarray | None:
+    """Signed-gradient descent on the disjunct margin from random points of each box (float64),
+    ``rounds`` batches of ``restarts`` starts until ``deadline``; returns a flat input whose
+    float64 output is unsafe, or None."""
     model = net.to_torch().double()
-    first = True
-    while first or time.monotonic() < deadline:
-        first = False
+    for k in range(max(1, rounds)):
+        if k and time.monotonic() >= deadline:
+            break
         x = _pgd_round(model, net, spec, steps, restarts, deadline)
         if x is not None:
             return x
