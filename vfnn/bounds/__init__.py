@@ -6,6 +6,8 @@ set of linear functions ``C @ y`` of the output.  It works on the ``nn.Sequentia
 module types), on the device and in the dtype of the box tensors.
 
 - ``ibp``: interval arithmetic (centre/radius form); differentiable.
+- ``crown-ibp``: IBP pre-activation bounds and one CROWN pass back from ``C @ y`` (Zhang et al.,
+  2020): the cheap certified-training bound; differentiable.
 - ``crown``: backward linear relaxation (Zhang et al., 2018) with the adaptive lower slope;
   every ReLU layer's pre-activation bounds are CROWN bounds too.  Computed exactly as
   auto_LiRPA's ``compute_bounds(method="CROWN")`` (see :func:`~vfnn.bounds.propagate.crown_intermediate`),
@@ -28,10 +30,10 @@ import torch
 from torch import nn
 
 from vfnn.bounds.plan import Plan, make_plan
-from vfnn.bounds.propagate import alpha_crown, alpha_group_size, crown_intermediate, crown_output, ibp
+from vfnn.bounds.propagate import Relaxation, alpha_crown, alpha_group_size, crown_intermediate, crown_output, ibp
 
-Method = Literal["ibp", "crown", "alpha-crown"]
-METHODS: tuple[str, ...] = ("ibp", "crown", "alpha-crown")
+Method = Literal["ibp", "crown-ibp", "crown", "alpha-crown"]
+METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "alpha-crown")
 
 __all__ = ["METHODS", "Bounds", "Method", "compute_bounds"]
 
@@ -96,6 +98,10 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
     C = _spec_matrix(C, lower.shape[0], lower)
     if method == "ibp":
         pre, (lo, hi) = ibp(plan, lower, upper, C)
+        return Bounds(pre, lo, hi)
+    if method == "crown-ibp":
+        pre, _ = ibp(plan, lower, upper, None)
+        lo, hi = crown_output(plan, [Relaxation.of(pl, pu) for pl, pu in pre], lower, upper, C)
         return Bounds(pre, lo, hi)
     if method == "crown":
         pre, relax = crown_intermediate(plan, lower, upper)

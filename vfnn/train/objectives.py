@@ -36,32 +36,16 @@ def margin_matrix(y: torch.Tensor, n_classes: int) -> torch.Tensor:
     return eye[y].unsqueeze(1) - eye.unsqueeze(0)
 
 
-def crown_ibp_lower(model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """CROWN-IBP (Zhang et al. 2020): IBP pre-activation bounds, one CROWN pass back from C @ y.
-
-    Built from vfnn.bounds' own pieces (its ``crown`` method computes every intermediate layer with
-    CROWN too, which is tighter but costs a backward pass per layer).  Differentiable.
-    """
-    from vfnn.bounds.plan import make_plan
-    from vfnn.bounds.propagate import Relaxation, crown_output, ibp
-
-    plan = make_plan(model, tuple(lower.shape[1:]))
-    pre, _ = ibp(plan, lower, upper, None)
-    lo, _ = crown_output(plan, [Relaxation.of(lo_i, up_i) for lo_i, up_i in pre], lower, upper, C)
-    return lo
-
-
 def margin_lower_bounds(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float, n_classes: int,
                         method: str) -> torch.Tensor:
     """Lower bounds (B, n_classes) of f_y - f_j over the eps-ball (0 at j = y).
 
-    ``method``: ``ibp``, ``crown``, ``alpha-crown`` (vfnn.bounds) or ``crown-ibp``.
+    ``method``: any of vfnn.bounds.METHODS (``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``).
     """
+    from vfnn.bounds import compute_bounds
+
     lower, upper = input_box(x, eps)
     C = margin_matrix(y, n_classes)
-    if method == "crown-ibp":
-        return crown_ibp_lower(model, lower, upper, C)
-    from vfnn.bounds import compute_bounds
 
     return compute_bounds(model, lower, upper, C, method=method).lower
 
