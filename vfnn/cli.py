@@ -45,21 +45,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-# Subcommands register themselves below (one import per module that defines commands).
-from vfnn.train.cli import train  # noqa: E402
-
-cli.add_command(train)
+# Each subcommand lives next to the code it drives; torch-heavy imports stay inside the commands.
 from vfnn.campaign.cli import bench_cmd, gate_cmd, report_cmd, specs_cmd  # noqa: E402
-
-for _cmd in (specs_cmd, bench_cmd, report_cmd, gate_cmd):
-    cli.add_command(_cmd)
+from vfnn.demo import demo  # noqa: E402
+from vfnn.stats_cli import stats  # noqa: E402
+from vfnn.train.cli import train  # noqa: E402
 from vfnn.verify_cli import verifiers_cmd, verify_cmd  # noqa: E402
 
-cli.add_command(verify_cmd)
-cli.add_command(verifiers_cmd)
-from vfnn.stats_cli import stats  # noqa: E402
-
-cli.add_command(stats)
-from vfnn.demo import demo  # noqa: E402
-
-cli.add_command(demo)
+for _command in (train, stats, verify_cmd, verifiers_cmd, specs_cmd, bench_cmd, report_cmd, gate_cmd, demo):
+    cli.add_command(_command)
