@@ -4,9 +4,5 @@ import torch  # noqa: F401  (the slow import: ~1 s)
 
 import vfnn.campaign.execute  # noqa: F401
 import vfnn.onnx_io  # noqa: F401
+import vfnn.verifiers.registry  # noqa: F401
 import vfnn.vnnlib  # noqa: F401
-
-try:
-    import vfnn.verifiers.registry  # noqa: F401
-except ImportError:  # an older checkout without the verifier layer: tasks will report it
-    pass
