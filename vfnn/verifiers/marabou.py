@@ -9,10 +9,11 @@ Measured pitfalls this adapter avoids (see the shared tool notes):
   fresh child process anyway).
 * ``evaluateLocalRobustness`` and the Max encoding are avoided; the unsafe region is one native
   disjunction constraint over the output variables.
-* Counterexamples lie exactly on the boundary, so each unsafe row ``A_i y <= b_i`` is asked with a
-  strict margin ``A_i y <= b_i - margin``; an ``unsat`` answer therefore means "no counterexample
-  violating the property by more than ``margin``" (default 1e-3: points closer to the boundary
-  than the replay tolerance 1e-4 do not replay reliably).
+* Counterexamples lie exactly on the boundary.  The first query asks the exact unsafe region, so
+  its ``unsat`` is sound.  When its counterexample does not replay (it sits on the boundary), the
+  case is asked again with a strict margin ``A_i y <= b_i - margin`` to get a point that does; if
+  that query is unsat, the only violations are within ``margin`` of the boundary and the answer
+  is ``unknown``, never ``unsat``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Network, per_channel_values
 from vfnn.verifiers.base import Availability, Option, Problem, RawOutcome, ToolCrashed, UnsupportedProblem, Verifier
+from vfnn.verifiers.replay import SPEC_ATOL
 
 _STATS = {  # tool_stats key -> StatisticsUnsignedAttribute name
     "splits": "NUM_SPLITS",
@@ -69,7 +71,7 @@ class MarabouVerifier(Verifier):
     name = "marabou"
     description = "Marabou (maraboupy) on vfnn's normalised ONNX export, one native disjunction per input box"
     options = (
-        Option("margin", float, 1e-3, "strict margin on each unsafe constraint, so counterexamples replay"),
+        Option("margin", float, 1e-3, "strict margin of the re-query when a boundary counterexample does not replay"),
         Option("num_workers", int, 1, "Marabou worker threads"),
         Option("verbosity", int, 0, "Marabou verbosity"),
         Option("snc", bool, False, "split-and-conquer mode"),
@@ -92,59 +94,78 @@ class MarabouVerifier(Verifier):
         import warnings
 
         warnings.filterwarnings("ignore", message="Tensorflow parser")
-        from maraboupy import Marabou, MarabouCore
 
         from vfnn.onnx_io import save_onnx
 
         onnx_path = save_onnx(marabou_network(problem.network), problem.workdir / "normalised.onnx")
         start = time.monotonic()
-        stats: dict[str, Any] = {"queries": 0}
-        tool_time = 0.0
+        stats: dict[str, Any] = {"queries": 0, "tool_time": 0.0}
         for ci, case in enumerate(problem.spec.cases):
             if not case.unsafe:  # nothing is unsafe for this input region
                 continue
             left = problem.time_left()
             if left < 1:
-                return RawOutcome("timeout", tool_time=tool_time, tool_stats=stats, message=f"case {ci} not started")
-            net = Marabou.read_onnx(str(onnx_path))
-            xs = np.asarray(net.inputVars[0]).reshape(-1)
-            ys = np.asarray(net.outputVars[0]).reshape(-1)
-            for j, var in enumerate(xs):
-                net.setLowerBound(int(var), float(case.lower[j]))
-                net.setUpperBound(int(var), float(case.upper[j]))
-            ipq = net.getInputQuery()
-            disjuncts = []
-            for h in case.unsafe:
-                conj = []
-                for row, b in zip(h.A, h.b, strict=True):
-                    eq = MarabouCore.Equation(MarabouCore.Equation.LE)
-                    for j in np.nonzero(row)[0]:
-                        eq.addAddend(float(row[j]), int(ys[j]))
-                    eq.setScalar(float(b) - options["margin"])
-                    conj.append(eq)
-                disjuncts.append(conj)
-            MarabouCore.addDisjunctionConstraint(ipq, disjuncts)
-            opts = Marabou.createOptions(
-                timeoutInSeconds=max(1, int(left)), verbosity=options["verbosity"], numWorkers=options["num_workers"],
-                snc=options["snc"], tighteningStrategy=options["tightening"], solveWithMILP=False, initialSplits=0,
-            )
-            exit_code, values, st = MarabouCore.solve(ipq, opts, "")
-            stats["queries"] += 1
-            tool_time += st.getTotalTimeInMicro() / 1e6
-            for key, attr in _STATS.items():
-                value = st.getUnsignedAttribute(getattr(MarabouCore.StatisticsUnsignedAttribute, attr))
-                stats[key] = stats.get(key, 0) + int(value)
-            stats["exit_code"] = exit_code
-            if exit_code == "sat":
-                x = [float(values[int(v)]) for v in xs]
-                y = [float(values[int(v)]) for v in ys]
-                return RawOutcome("sat", x, y, tool_time=tool_time, tool_stats=stats, message=f"case {ci}")
-            if exit_code == "unsat":
+                msg = f"case {ci} not started"
+                return RawOutcome("timeout", tool_time=stats["tool_time"], tool_stats=stats, message=msg)
+            code, x, y = _solve_case(onnx_path, case, 0.0, left, options, stats)
+            if code == "sat" and not case.is_unsafe(problem.network.forward(np.asarray([x]).reshape(
+                    1, *problem.network.input_shape))[0], SPEC_ATOL):
+                code, x, y = _solve_case(onnx_path, case, options["margin"], problem.time_left(), options, stats)
+                if code == "unsat":
+                    msg = f"case {ci}: violations exist only within {options['margin']:g} of the boundary"
+                    return RawOutcome("unknown", tool_time=stats["tool_time"], tool_stats=stats, message=msg)
+            if code == "sat":
+                return RawOutcome("sat", x, y, tool_time=stats["tool_time"], tool_stats=stats, message=f"case {ci}")
+            if code == "unsat":
                 continue
-            if exit_code == "TIMEOUT" or st.hasTimedOut():
-                return RawOutcome("timeout", tool_time=tool_time, tool_stats=stats)
-            if exit_code in ("UNKNOWN", "QUIT_REQUESTED"):
-                return RawOutcome("unknown", tool_time=tool_time, tool_stats=stats, message=f"Marabou said {exit_code}")
-            raise MarabouError(f"Marabou returned {exit_code!r} on case {ci}")
+            if code == "TIMEOUT":
+                return RawOutcome("timeout", tool_time=stats["tool_time"], tool_stats=stats)
+            if code in ("UNKNOWN", "QUIT_REQUESTED"):
+                msg = f"Marabou said {code}"
+                return RawOutcome("unknown", tool_time=stats["tool_time"], tool_stats=stats, message=msg)
+            raise MarabouError(f"Marabou returned {code!r} on case {ci}")
         stats["wall_in_child"] = round(time.monotonic() - start, 4)
-        return RawOutcome("unsat", tool_time=tool_time, tool_stats=stats)
+        return RawOutcome("unsat", tool_time=stats["tool_time"], tool_stats=stats)
+
+
+def _solve_case(onnx_path: Any, case: Any, margin: float, left: float, options: dict[str, Any],
+                stats: dict[str, Any]) -> tuple[str, list[float] | None, list[float] | None]:
+    """One Marabou query: the case's input box and its unsafe disjunction, each row tightened by
+    ``margin``.  Returns Marabou's exit code (TIMEOUT also when its statistics say so) and, for
+    ``sat``, the input and output values; adds the query's statistics to ``stats``."""
+    from maraboupy import Marabou, MarabouCore
+
+    net = Marabou.read_onnx(str(onnx_path))
+    xs = np.asarray(net.inputVars[0]).reshape(-1)
+    ys = np.asarray(net.outputVars[0]).reshape(-1)
+    for j, var in enumerate(xs):
+        net.setLowerBound(int(var), float(case.lower[j]))
+        net.setUpperBound(int(var), float(case.upper[j]))
+    ipq = net.getInputQuery()
+    disjuncts = []
+    for h in case.unsafe:
+        conj = []
+        for row, b in zip(h.A, h.b, strict=True):
+            eq = MarabouCore.Equation(MarabouCore.Equation.LE)
+            for j in np.nonzero(row)[0]:
+                eq.addAddend(float(row[j]), int(ys[j]))
+            eq.setScalar(float(b) - margin)
+            conj.append(eq)
+        disjuncts.append(conj)
+    MarabouCore.addDisjunctionConstraint(ipq, disjuncts)
+    opts = Marabou.createOptions(
+        timeoutInSeconds=max(1, int(left)), verbosity=options["verbosity"], numWorkers=options["num_workers"],
+        snc=options["snc"], tighteningStrategy=options["tightening"], solveWithMILP=False, initialSplits=0,
+    )
+    exit_code, values, st = MarabouCore.solve(ipq, opts, "")
+    stats["queries"] += 1
+    stats["tool_time"] += st.getTotalTimeInMicro() / 1e6
+    for key, attr in _STATS.items():
+        value = st.getUnsignedAttribute(getattr(MarabouCore.StatisticsUnsignedAttribute, attr))
+        stats[key] = stats.get(key, 0) + int(value)
+    stats["exit_code"] = exit_code
+    if exit_code == "sat":
+        return "sat", [float(values[int(v)]) for v in xs], [float(values[int(v)]) for v in ys]
+    if exit_code != "unsat" and st.hasTimedOut():
+        return "TIMEOUT", None, None
+    return exit_code, None, None
