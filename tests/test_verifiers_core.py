@@ -177,8 +177,9 @@ def test_replay_on_acasxu_reference_counterexample() -> None:
     x, y = vals[:5], vals[5:]
     ok, y_run, why = validate_counterexample(onnx, spec, x, y)
     assert ok and np.allclose(y_run, y, rtol=1e-3, atol=1e-4), why
+    # A wrong tool output does not make a real counterexample false: execution decides, the note stays.
     ok, _, why = validate_counterexample(onnx, spec, x, [v + 1.0 for v in y])
-    assert not ok and "differs from onnxruntime" in why
+    assert ok and "differs from onnxruntime" in why
     safe = [-0.3, 0.0, 0.5, 0.5, 0.5]
     ok, y_safe, why = validate_counterexample(onnx, spec, safe)
     assert ok == spec.cases[0].is_unsafe(run_onnx(onnx, safe), 1e-4)

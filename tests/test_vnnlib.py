@@ -379,9 +379,11 @@ def test_robustness_spec_round_trips_in_vnncomp_shape(tmp_path: Path) -> None:
 
 
 def test_write_refuses_what_vnnlib_cannot_state(tmp_path: Path) -> None:
-    inf_box = Spec((SpecCase(np.array([-np.inf]), np.array([1.0]), (Halfspaces(np.eye(1), np.zeros(1)),)),), 1, 1)
-    with pytest.raises(SpecError, match="unbounded"):
-        write_vnnlib(inf_box, tmp_path / "a.vnnlib")
+    # Non-finite boxes and constraints never become a Spec (verifiers mishandle them silently).
+    with pytest.raises(SpecError, match="infinite or NaN input bound"):
+        Spec((SpecCase(np.array([-np.inf]), np.array([1.0]), (Halfspaces(np.eye(1), np.zeros(1)),)),), 1, 1)
+    with pytest.raises(SpecError, match="infinite or NaN output constraint"):
+        Spec((SpecCase(np.zeros(1), np.ones(1), (Halfspaces(np.eye(1), np.array([np.nan])),)),), 1, 1)
     nothing = Spec((SpecCase(np.zeros(1), np.ones(1), ()),), 1, 1)
     with pytest.raises(SpecError, match="nothing is unsafe"):
         write_vnnlib(nothing, tmp_path / "b.vnnlib")

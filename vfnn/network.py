@@ -85,6 +85,17 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _as_float32(layer: Layer) -> Layer:
+    """The same layer with float32 weights (a no-op when they already are)."""
+    if isinstance(layer, Dense):
+        return Dense(_f32(layer.weight), _f32(layer.bias))
+    if isinstance(layer, Conv2d):
+        return Conv2d(_f32(layer.weight), _f32(layer.bias), tuple(layer.stride), tuple(layer.padding))
+    if isinstance(layer, ElementwiseAffine):
+        return ElementwiseAffine(_f32(layer.scale), _f32(layer.shift))
+    return layer
+
+
 class ElementwiseAffineModule(nn.Module):
     """torch form of :class:`ElementwiseAffine` (buffers, not trained)."""
 
@@ -109,6 +120,8 @@ class Network:
     name: str = field(default="network")
 
     def __post_init__(self) -> None:
+        # One precision everywhere: bounds, MILP, ONNX export and replay must all see the same numbers.
+        object.__setattr__(self, "layers", tuple(_as_float32(layer) for layer in self.layers))
         shape = tuple(self.input_shape)
         for i, layer in enumerate(self.layers):
             shape = _output_shape(layer, shape, i)
@@ -321,10 +334,4 @@ def _fold_affines(layers: list[Layer]) -> tuple[Layer, ...]:
         out.append(layer)
     if pending is not None:
         out.append(pending)
-    return tuple(
-        Dense(_f32(la.weight), _f32(la.bias)) if isinstance(la, Dense)
-        else Conv2d(_f32(la.weight), _f32(la.bias), la.stride, la.padding) if isinstance(la, Conv2d)
-        else ElementwiseAffine(_f32(la.scale), _f32(la.shift)) if isinstance(la, ElementwiseAffine)
-        else la
-        for la in out
-    )
+    return tuple(out)

@@ -63,12 +63,16 @@ class Spec:
         for i, c in enumerate(self.cases):
             if c.lower.shape != (self.n_inputs,) or c.upper.shape != (self.n_inputs,):
                 raise SpecError(f"{self.name}: case {i} box does not have {self.n_inputs} inputs")
+            if not (np.all(np.isfinite(c.lower)) and np.all(np.isfinite(c.upper))):
+                raise SpecError(f"{self.name}: case {i} has an infinite or NaN input bound (inputs need a finite box)")
             if np.any(c.lower > c.upper):
                 j = int(np.argmax(c.lower > c.upper))
                 raise SpecError(f"{self.name}: empty input box, X_{j} has lower {c.lower[j]} > upper {c.upper[j]}")
             for h in c.unsafe:
                 if h.A.ndim != 2 or h.A.shape[1] != self.n_outputs or h.b.shape != (h.A.shape[0],):
                     raise SpecError(f"{self.name}: case {i} has an output constraint of the wrong size")
+                if not (np.all(np.isfinite(h.A)) and np.all(np.isfinite(h.b))):
+                    raise SpecError(f"{self.name}: case {i} has an infinite or NaN output constraint")
 
     def check_fits(self, n_inputs: int, n_outputs: int, model: str = "the model") -> None:
         """Raise a one-line SpecError unless the spec's variables match the network's."""

@@ -385,11 +385,6 @@ def write_vnnlib(spec: Spec, path: str | Path) -> Path:
     One case: the box as single-variable asserts and the unsafe DNF as one ``(assert (or (and ..)))``.
     Several cases: one ``or`` whose ``and`` s hold both the case's box and one unsafe disjunct.
     """
-    for c in spec.cases:
-        if not (np.all(np.isfinite(c.lower)) and np.all(np.isfinite(c.upper))):
-            raise SpecError(f"{spec.name}: cannot write an unbounded or NaN input box")
-        if not all(np.all(np.isfinite(h.A)) and np.all(np.isfinite(h.b)) for h in c.unsafe):
-            raise SpecError(f"{spec.name}: cannot write non-finite output constraints")
     out = [f"; {' '.join(spec.name.splitlines())}: written by vfnn (VNN-LIB 1.0; the asserts describe the unsafe set)"]
     out += [f"(declare-const X_{i} Real)" for i in range(spec.n_inputs)]
     out += [f"(declare-const Y_{j} Real)" for j in range(spec.n_outputs)]

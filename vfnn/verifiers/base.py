@@ -22,7 +22,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -241,6 +241,8 @@ class Verifier(ABC):
                 bad = RawOutcome("error", tool_time=raw.tool_time, tool_stats=raw.tool_stats,
                                  message=f"counterexample rejected by replay: {reason}")
                 return finish(bad)
+            if "differs" in reason:  # keep the tool/onnxruntime mismatch visible to the user
+                raw = replace(raw, message="; ".join(m for m in (raw.message, reason) if m))
             return finish(raw, x, y, case)
 
     # -- internals ------------------------------------------------------------------------------
@@ -293,7 +295,8 @@ class Verifier(ABC):
         for c in spec.cases:
             if not c.unsafe or not c.contains_input(x, SPEC_ATOL):
                 continue
-            xc = np.clip(x, c.lower, c.upper)
+            # The point onnxruntime runs (float32) is the one reported.
+            xc = np.clip(x, c.lower, c.upper).astype(np.float32).astype(np.float64)
             ok, y, why = validate_counterexample(onnx_path, spec, xc, raw.output)
             if ok:
                 return True, xc.tolist(), y.tolist(), spec.find_violation(xc, y, SPEC_ATOL), why
