@@ -1,8 +1,8 @@
 """The ``vfnn`` command line.
 
 Each subcommand lives next to the code it drives and is registered here.  ``main`` turns every
-:class:`vfnn.errors.VfnnError` into one line on stderr and exit code 2, so users never see a
-traceback for a problem that is theirs to fix.
+:class:`vfnn.errors.VfnnError` (and every OSError: a path that cannot be read or written) into
+one line on stderr and exit code 2, so users never see a traceback for a problem that is theirs to fix.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except VfnnError as exc:
         click.echo(f"vfnn: error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # an output path that cannot be written, a file that cannot be read
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"vfnn: error: {where}{exc.strerror or exc}", err=True)
         sys.exit(2)
 
 

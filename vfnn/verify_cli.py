@@ -65,9 +65,6 @@ def verify_cmd(model: Path, spec: Path, verifier_name: str, timeout: float, opts
     prop = read_vnnlib(spec, n_inputs=net.input_size, n_outputs=net.output_size)
     result = verifier.verify(model, prop, timeout, options, spec_path=spec,
                              unstable_method=None if bound_method == "none" else bound_method)
-    if save_counterexample is not None and result.status == "sat":
-        save_counterexample.parent.mkdir(parents=True, exist_ok=True)
-        save_counterexample.write_text(counterexample_text(result.counterexample_input, result.counterexample_output))
     if as_json:
         click.echo(result.to_json(indent=2))
     else:
@@ -81,6 +78,10 @@ def verify_cmd(model: Path, spec: Path, verifier_name: str, timeout: float, opts
         elif result.message:
             line += f": {result.message}"
         click.echo(line)
+    # The verdict is printed first, so an unwritable counterexample path cannot lose it.
+    if save_counterexample is not None and result.status == "sat":
+        save_counterexample.parent.mkdir(parents=True, exist_ok=True)
+        save_counterexample.write_text(counterexample_text(result.counterexample_input, result.counterexample_output))
     sys.exit(result.exit_code)
 
 

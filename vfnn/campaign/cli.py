@@ -165,11 +165,11 @@ def gate_cmd(results: tuple[str, ...], min_verified: float | None, max_timeouts:
                f"{c.get('timeout', 0)} timeout, {c.get('unknown', 0)} unknown, {c.get('error', 0)} error"
                + (f", {c['missing']} missing" if c.get("missing") else "")
                + (f", {c['disagreement']} DISAGREEMENT" if c.get("disagreement") else ""))
-    if junit:
-        click.echo(f"junit: {junit_xml(outcome, Path(junit))}")
     for chk in outcome.checks:
         click.echo(f"{'PASS' if chk.ok else 'FAIL'} {chk.name}: {chk.message}")
     if not outcome.checks:
         click.echo("no thresholds given: nothing to check")
     click.echo("gate: passed" if outcome.passed else "gate: FAILED")
+    if junit:
+        click.echo(f"junit: {junit_xml(outcome, Path(junit))}")
     sys.exit(0 if outcome.passed else 1)

@@ -24,22 +24,28 @@ SCHEMA = 1
 
 
 def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Every complete record of a results file, in file order (torn or non-JSON lines skipped)."""
+    """Every complete record of a results file, in file order.
+
+    A torn last line (a write cut short by a kill) is skipped; any other line that is not a
+    record is an error naming the line, so a gate never passes on a silently shortened file."""
     path = Path(path)
     try:
         f = open(path, "rb")
     except OSError as exc:
         raise VfnnError(f"{path}: cannot read results ({exc.strerror or exc})") from None
     with f:
-        for raw in f:
+        for number, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
                 break  # torn tail: the job that was being written did not finish
+            if not raw.strip():
+                continue
             try:
                 rec = json.loads(raw)
             except ValueError:
-                continue
-            if isinstance(rec, dict) and "key" in rec and "result" in rec:
-                yield rec
+                rec = None
+            if not (isinstance(rec, dict) and "key" in rec and "result" in rec):
+                raise VfnnError(f"{path}:{number}: not a vfnn result record (corrupt or edited file)")
+            yield rec
 
 
 def load_latest(path: str | Path) -> dict[str, dict[str, Any]]:
