@@ -41,3 +41,10 @@ def test_corrupt_results_line_is_named_not_skipped(tmp_path):
         proc = vfnn(*command)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert f"{results}:1: not a vfnn result record" in proc.stderr
+
+
+def test_init_and_arch_exclude_each_other(tmp_path):
+    model = save_onnx(Network((64,), (Dense(np.zeros((10, 64)), np.zeros(10)),)), tmp_path / "init.onnx")
+    proc = vfnn("train", "--init", str(model), "--arch", "fc:16x3", "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--arch and --init exclude each other" in proc.stderr

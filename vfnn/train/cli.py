@@ -179,9 +179,14 @@ def config_from_options(kw: dict):
         if epochs < 1:
             raise TrainConfigError("--epochs must be >= 1")
         phases = [Phase(str(kw["method"]), tuple(reg_weights), epochs)]
+    arch = str(kw["arch"])
+    if kw["init"]:  # the architecture is the --init model's, and config.json says so
+        if click.get_current_context().get_parameter_source("arch") is click.core.ParameterSource.COMMANDLINE:
+            raise TrainConfigError("--arch and --init exclude each other: the architecture is the --init model's")
+        arch = f"init:{kw['init']}"
     cfg = TrainConfig(
         dataset=str(kw["dataset"]), data_dir=kw["data_dir"], download=bool(kw["download"]),
-        train_size=kw["train_size"], eval_size=int(kw["eval_size"]), arch=str(kw["arch"]), init=kw["init"],
+        train_size=kw["train_size"], eval_size=int(kw["eval_size"]), arch=arch, init=kw["init"],
         phases=phases, reg_weights=reg_weights, eps=kw["eps"], batch_size=int(kw["batch_size"]), lr=float(kw["lr"]),
         optimizer=str(kw["optimizer"]), weight_decay=float(kw["weight_decay"]), grad_clip=float(kw["grad_clip"]),
         pgd_steps=int(kw["pgd_steps"]), trades_beta=float(kw["trades_beta"]), eps_warmup=float(kw["eps_warmup"]),

@@ -264,7 +264,7 @@ class Trainer:
 
         cfg = self.cfg
         model = self.model.to("cpu").eval()
-        meta = {"dataset": cfg.dataset, "arch": cfg.arch if cfg.init is None else f"init:{cfg.init}",
+        meta = {"dataset": cfg.dataset, "arch": cfg.arch,
                 "input_shape": list(self.input_shape), "n_classes": self.n_classes, "eps": cfg.eps,
                 "epochs": cfg.epochs, "seed": cfg.seed, "vfnn_version": __version__}
         save_model_pt(self.run_dir / "model.pt", model, meta)
