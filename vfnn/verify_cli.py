@@ -95,8 +95,9 @@ def verifiers_cmd(show_options: bool) -> None:
     from vfnn.verifiers.registry import load_verifier_class, verifier_status
 
     table = Table(title="vfnn verifiers")
-    for col in ("name", "available", "version", "reason / install hint"):
-        table.add_column(col)
+    for col in ("name", "available", "version"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("reason / install hint", overflow="fold")  # paths must stay whole to be copied
     rows = verifier_status()
     for name, _target, a in rows:
         note = " ".join(s for s in (a.reason, f"({a.install_hint})" if a.install_hint else None) if s)

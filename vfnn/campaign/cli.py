@@ -12,10 +12,14 @@ from vfnn.errors import VfnnError
 
 
 def _floats(text: str) -> list[float]:
+    """Radii for --eps: comma-separated numbers in (0, 1] (inputs live in [0, 1] pixel space)."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint="--eps") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise click.BadParameter(f"radii must lie in (0, 1] (pixel space), got {text!r}", param_hint="--eps")
+    return values
 
 
 @click.command("specs")
@@ -140,10 +144,11 @@ def report_cmd(results: tuple[str, ...], out: str | None, no_replay: bool) -> No
 @click.command("gate")
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--min-verified", type=float, default=None, help="Minimum verified fraction of properties (0..1).")
-@click.option("--max-timeouts", type=int, default=None)
-@click.option("--max-errors", type=int, default=None, help="Errors (and missing properties with --instances).")
-@click.option("--max-falsified", type=int, default=None)
-@click.option("--max-unknown", type=int, default=None)
+@click.option("--max-timeouts", type=click.IntRange(min=0), default=None, help="Timeouts allowed.")
+@click.option("--max-errors", type=click.IntRange(min=0), default=None,
+              help="Errors (and missing properties with --instances).")
+@click.option("--max-falsified", type=click.IntRange(min=0), default=None, help="Falsified properties allowed.")
+@click.option("--max-unknown", type=click.IntRange(min=0), default=None, help="Unknown results allowed.")
 @click.option("--max-mean-time", type=float, default=None, help="Seconds, mean over properties.")
 @click.option("--verifier", default=None, help="Gate on this verifier's results only.")
 @click.option("--instances", type=click.Path(dir_okay=False), default=None,
