@@ -90,6 +90,7 @@ def unstable_per_layer(records: list[dict[str, Any]], path: Path) -> Path | None
             depth = max(len(x) for x in rows)
             means = [sum(x[i] for x in rows if i < len(x)) / len(rows) for i in range(depth)]
             ax.plot(range(depth), means, marker="o", label=label)
+            ax.set_xticks(range(depth))  # layers are whole numbers
         ax.set_title("eps " + ("?" if e is None else f"{e:g}"))
         ax.set_xlabel("ReLU layer")
         ax.set_ylabel("mean unstable neurons")
