@@ -176,8 +176,41 @@ class Network:
         return Network(self.input_shape, _fold_affines(list(self.layers)), self.name)
 
 
+def nonfinite_part(layer: Layer) -> str | None:
+    """The name of the first array of ``layer`` holding NaN or inf, else None.
+
+    Bounds and solvers silently produce nonsense (0 unstable neurons, "HiGHS Empty") on such
+    weights, so importers refuse them with the layer named."""
+    for part in ("weight", "bias", "scale", "shift"):
+        a = getattr(layer, part, None)
+        if a is not None and not np.all(np.isfinite(a)):
+            return part
+    return None
+
+
+def _structure_problem(layer: Layer) -> str | None:
+    """What is malformed in ``layer``'s arrays or hyper-parameters (ranks, sizes, strides), else None."""
+    if isinstance(layer, (Dense, Conv2d)):
+        rank = 2 if isinstance(layer, Dense) else 4
+        if layer.weight.ndim != rank:
+            return f"weight of shape {layer.weight.shape} is not rank {rank}"
+        if layer.bias.shape != (layer.weight.shape[0],):
+            return f"bias of shape {layer.bias.shape} does not fit {layer.weight.shape[0]} outputs"
+    if isinstance(layer, Conv2d) and (len(layer.stride) != 2 or min(layer.stride) < 1 or len(layer.padding) != 4
+                                      or min(layer.padding) < 0):
+        return f"stride {layer.stride} must be 2 positive and padding {layer.padding} 4 non-negative integers"
+    if isinstance(layer, AvgPool2d) and (len(layer.kernel) != 2 or len(layer.stride) != 2
+                                         or min(*layer.kernel, *layer.stride) < 1):
+        return f"kernel {layer.kernel} and stride {layer.stride} must be 2 positive integers each"
+    if isinstance(layer, ElementwiseAffine) and layer.scale.shape != layer.shift.shape:
+        return f"scale shape {layer.scale.shape} differs from shift shape {layer.shift.shape}"
+    return None
+
+
 def _output_shape(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[int, ...]:
     where = f"layer {index} ({type(layer).__name__})"
+    if (problem := _structure_problem(layer)) is not None:
+        raise ModelError(f"{where}: {problem}")
     if isinstance(layer, Dense):
         n_in = int(np.prod(shape))
         if len(shape) != 1 or layer.weight.shape[1] != n_in:
@@ -190,12 +223,16 @@ def _output_shape(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[int
         t, left, b, r = layer.padding
         h = (shape[1] + t + b - kh) // layer.stride[0] + 1
         w = (shape[2] + left + r - kw) // layer.stride[1] + 1
+        if h < 1 or w < 1:
+            raise ModelError(f"{where}: kernel {kh}x{kw} does not fit the padded input {shape}")
         return (layer.weight.shape[0], h, w)
     if isinstance(layer, AvgPool2d):
         if len(shape) != 3:
             raise ModelError(f"{where}: expects a (C, H, W) input, gets {shape}")
         h = (shape[1] - layer.kernel[0]) // layer.stride[0] + 1
         w = (shape[2] - layer.kernel[1]) // layer.stride[1] + 1
+        if h < 1 or w < 1:
+            raise ModelError(f"{where}: kernel {layer.kernel} does not fit the input {shape}")
         return (shape[0], h, w)
     if isinstance(layer, Flatten):
         return (int(np.prod(shape)),)
