@@ -6,6 +6,12 @@ A crash in the middle of a write can leave a torn last line; :meth:`ResultStore.
 cuts it off (that job simply runs again) and readers skip it.  When a key appears more than
 once (``vfnn bench --rerun``), the last line wins.  One writer at a time is enforced with an
 advisory lock on ``results.jsonl.lock``.
+
+Reading is strict: a line that is not JSON, or a record without the fields ``vfnn gate`` and
+``vfnn report`` rely on (``key``, ``onnx``, ``vnnlib``, ``verifier``, ``result.status``, ...), is an
+error naming the file and line (exit code 2), never skipped.  A CI gate must not pass on a file
+that was edited or produced by something else; skipping would let it judge fewer properties than
+the campaign ran, silently.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from vfnn.campaign.analysis import STATUSES
 from vfnn.errors import VfnnError
 
 SCHEMA = 1
@@ -41,11 +48,71 @@ def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
                 continue
             try:
                 rec = json.loads(raw)
-            except ValueError:
+            except ValueError:  # includes bytes that are not UTF-8
                 rec = None
-            if not (isinstance(rec, dict) and "key" in rec and "result" in rec):
-                raise VfnnError(f"{path}:{number}: not a vfnn result record (corrupt or edited file)")
+            problem = "not JSON" if rec is None else record_problem(rec)
+            if problem is not None:
+                raise VfnnError(f"{path}:{number}: not a vfnn result record ({problem}; corrupt or edited file)")
             yield rec
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _opt(ok: Any) -> Any:
+    return lambda v: v is None or ok(v)
+
+
+def _unstable_ok(u: Any) -> bool:
+    if not isinstance(u, dict) or ("total_unstable" in u and not _is_count(u["total_unstable"])):
+        return False
+    layers = u.get("layers", [])
+    return isinstance(layers, list) and all(
+        isinstance(s, dict) and _is_count(s.get("layer")) and _is_count(s.get("unstable")) for s in layers)
+
+
+_OBJECT = (lambda v: isinstance(v, dict), "an object")
+_TEXT = (_text, "a non-empty string")
+_OPT_TEXT = (_opt(lambda v: isinstance(v, str)), "a string")
+#: (path, required, test, what it must be): the fields that report, gate and resume read.
+_FIELDS = (
+    (("key",), True, *_TEXT), (("onnx",), True, *_TEXT), (("vnnlib",), True, *_TEXT),
+    (("verifier",), True, *_TEXT), (("result",), True, *_OBJECT),
+    (("category",), False, *_OPT_TEXT), (("model_path",), False, *_OPT_TEXT), (("spec_path",), False, *_OPT_TEXT),
+    (("model",), False, _opt(_OBJECT[0]), "an object"), (("meta",), False, _opt(_OBJECT[0]), "an object"),
+    (("result", "status"), True, lambda v: v in STATUSES, f"one of {', '.join(STATUSES)}"),
+    (("result", "wall_time"), False, _opt(lambda v: _is_number(v) and v >= 0), "a time in seconds"),
+    (("result", "message"), False, *_OPT_TEXT),
+    (("result", "counterexample_input"), False, _opt(lambda v: isinstance(v, list) and all(map(_is_number, v))),
+     "a list of numbers"),
+    (("result", "unstable"), False, _opt(_unstable_ok), "an unstable-neuron record"),
+    (("model", "name"), False, *_OPT_TEXT), (("model", "method"), False, *_OPT_TEXT),
+    (("meta", "eps"), False, _opt(_is_number), "a number"),
+)
+
+
+def record_problem(rec: Any) -> str | None:
+    """What makes ``rec`` unusable for report, gate and resume (a missing or mistyped field), else None."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    for path, required, ok, what in _FIELDS:
+        parent = rec if len(path) == 1 else rec.get(path[0]) or {}
+        name = ".".join(path)
+        if path[-1] not in parent:
+            if required:
+                return f"no {name!r}"
+        elif not ok(parent[path[-1]]):
+            return f"{name!r} is not {what}"
+    return None
 
 
 def load_latest(path: str | Path) -> dict[str, dict[str, Any]]:
