@@ -4,10 +4,13 @@ Why a child: Marabou holds the GIL and a crash of it kills its host process; α,
 its own timeout.  So every solve runs in a fresh process that leads its own session
 (``os.setsid``), so that killing the group at the deadline also kills anything it started.
 
-Why the ``forkserver`` start method: a ``spawn`` child imports torch again (~1-2 s on a busy
-2-core machine), a plain ``fork`` of a parent whose torch/onnxruntime thread pools are running is
-unsafe.  The fork server is started once per vfnn process with torch and numpy preloaded, and
-forks a clean child for every solve (``benchmarks/verifiers.py`` prints the measured overhead).
+How the child is started: a ``spawn`` child imports torch again (~1-2 s on a busy 2-core
+machine), a plain ``fork`` of a parent whose torch thread pools are running is unsafe.  So by
+default a ``forkserver`` (started once per process, torch preloaded) forks a clean child for every
+solve.  A process that promises to run no multi-threaded torch code itself -- the ``vfnn verify``
+command, a campaign worker -- calls :func:`allow_plain_fork`: its solves are then plain forks of
+itself, which costs no second torch import and makes the solver its direct child, so that the
+solver dies with it (``PR_SET_PDEATHSIG`` is relative to the direct parent only).
 
 The child writes everything it prints (C++ output of the tools included) to a log file, whose tail
 is returned when it crashes, and its return value (or exception) to a pickle file.
@@ -29,6 +32,8 @@ from typing import Any, Literal
 
 PRELOAD = ["numpy", "torch", "vfnn.network", "vfnn.spec", "vfnn.verifiers.process"]
 TAIL_CHARS = 2000
+PR_SET_PDEATHSIG = 1
+_plain_fork = False
 
 
 @dataclass(frozen=True)
@@ -57,14 +62,39 @@ class ChildOutcome:
         return f"verifier process {what}" + (f"; output tail: {tail}" if tail else "")
 
 
+def allow_plain_fork(allowed: bool = True) -> None:
+    """Solve in plain forks of this process (see the module docstring); only for a process that
+    runs no multi-threaded torch code of its own."""
+    global _plain_fork
+    _plain_fork = allowed
+
+
 def _context() -> multiprocessing.context.BaseContext:
+    if _plain_fork:
+        return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     return ctx
 
 
-def _child(fn: Callable[..., Any], args: tuple, result_path: str, log_path: str, memory_mb: int | None) -> None:
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Ask the kernel for SIGKILL when this process's parent exits; exit at once if the parent
+    ``parent_pid`` is already gone (the death signal is not sent for a death before the request)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _child(fn: Callable[..., Any], args: tuple, result_path: str, log_path: str, memory_mb: int | None,
+           parent_pid: int | None) -> None:
     """Child body: new session, output to the log, one thread, memory cap, then ``fn(*args)``."""
+    if parent_pid is not None:  # a plain fork: we are the caller's direct child
+        die_with_parent(parent_pid)
     os.setsid()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
@@ -120,6 +150,17 @@ def _kill_group(proc: multiprocessing.process.BaseProcess) -> None:
             pass
 
 
+def _wait(proc: multiprocessing.process.BaseProcess, until: float, on_wait: Callable[[], None] | None) -> None:
+    """Join ``proc`` until the monotonic time ``until``, calling ``on_wait`` between short joins."""
+    while proc.is_alive():
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        proc.join(min(left, 0.1) if on_wait else left)
+        if on_wait and proc.is_alive():
+            on_wait()
+
+
 def run_isolated(
     fn: Callable[..., Any],
     args: tuple,
@@ -127,11 +168,13 @@ def run_isolated(
     limit_s: float,
     workdir: str | Path,
     memory_mb: int | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> ChildOutcome:
     """Call ``fn(*args)`` in a child process; kill its process group after ``limit_s`` seconds.
 
     ``fn`` and ``args`` must be picklable (``fn`` a module-level function).  Never raises for
-    anything the child does; the child's output goes to ``workdir/solver.log``.
+    anything the child does; the child's output goes to ``workdir/solver.log``.  ``on_wait`` is
+    called about every 0.1 s while the child runs (a progress display).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -139,11 +182,14 @@ def run_isolated(
     for p in (result_path, log_path):
         p.unlink(missing_ok=True)
     start = time.monotonic()
-    proc = _context().Process(target=_child, args=(fn, args, str(result_path), str(log_path), memory_mb), daemon=True)
+    ctx = _context()
+    parent = os.getpid() if ctx.get_start_method() == "fork" else None
+    # Not a daemon: a solve may start processes of its own (``vfnn verify`` nests two); we always reap it below.
+    proc = ctx.Process(target=_child, args=(fn, args, str(result_path), str(log_path), memory_mb, parent))
     proc.start()
     killed = False
     try:
-        proc.join(max(0.0, limit_s))
+        _wait(proc, start + max(0.0, limit_s), on_wait)
         if proc.is_alive():
             killed = True
     finally:
