@@ -16,24 +16,28 @@ counterexample replays with onnxruntime, and into ``error`` (with the reason) wh
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from vfnn.errors import VerifierUnavailable, VfnnError
-from vfnn.network import Network
 from vfnn.spec import Spec
+from vfnn.stats import UnstableRecord
 from vfnn.verifiers.process import run_isolated
 from vfnn.verifiers.replay import SPEC_ATOL, validate_counterexample
 from vfnn.verifiers.result import Status, VerificationResult
+
+if TYPE_CHECKING:  # importing vfnn.network imports torch: a command that only supervises must not pay for it
+    from vfnn.network import Network
 
 
 class VerifierFailure(Exception):
@@ -94,7 +98,7 @@ def _default_memory_mb() -> int:
 #: Options every verifier accepts (they configure the isolation, not the tool).
 COMMON_OPTIONS: tuple[Option, ...] = (
     Option("memory_mb", int, _default_memory_mb(), "address-space cap of the solver process in MiB (0: none)"),
-    Option("grace", float, 5.0, "seconds past the timeout before the solver's process group is killed"),
+    Option("grace", float, 1.0, "seconds past the deadline before the solver's process group is killed"),
 )
 
 
@@ -143,8 +147,39 @@ class RawOutcome:
     message: str = ""
 
 
-def _solve_in_child(verifier: Verifier, problem: Problem, options: dict[str, Any]) -> RawOutcome:
-    return verifier._solve(problem, options)
+STARTED_FILE = "solver-started.json"  # in the workdir: the solver was called (holds the unstable record)
+
+
+def _solve_in_child(verifier: Verifier, problem: Problem, options: dict[str, Any], trivial: RawOutcome | None,
+                    unstable_method: str | None) -> tuple[RawOutcome | None, UnstableRecord | None]:
+    """Child body: the unstable record first (inside the deadline and the memory cap), saved before
+    the tool starts so that a kill keeps it; then the tool, unless the budget is spent (None)."""
+    unstable = None
+    if unstable_method:
+        from vfnn.stats import unstable_record
+
+        unstable = unstable_record(problem.network, problem.spec, method=unstable_method)
+    if trivial is not None:
+        return trivial, unstable
+    if problem.time_left() <= 0:
+        return None, unstable
+    (problem.workdir / STARTED_FILE).write_text(json.dumps(None if unstable is None else unstable.to_dict()))
+    return verifier._solve(problem, options), unstable
+
+
+def _started(workdir: Path) -> tuple[bool, UnstableRecord | None]:
+    """Whether the child called the tool, and the unstable record it saved before doing so."""
+    try:
+        saved = json.loads((workdir / STARTED_FILE).read_text())
+    except (OSError, ValueError):
+        return False, None
+    return True, None if saved is None else UnstableRecord.from_dict(saved)
+
+
+def not_started(timeout: float, why: str) -> RawOutcome:
+    """The ``error`` of a solve whose tool never ran; campaigns run such jobs again on resume."""
+    return RawOutcome("error", tool_stats={"solver_started": False},
+                      message=f"the solver never started: {why} used the whole {timeout:g} s budget")
 
 
 class Verifier(ABC):
@@ -183,41 +218,52 @@ class Verifier(ABC):
     def verify(
         self,
         network: Network | str | Path,
-        spec: Spec,
+        spec: Spec | str | Path,
         timeout: float,
         options: Mapping[str, Any] | None = None,
         *,
         spec_path: str | Path | None = None,
         unstable_method: str | None = "crown",
+        deadline: float | None = None,
+        model_path: str | Path | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> VerificationResult:
-        """Decide ``spec`` on ``network`` (an ONNX path, or a Network that is exported for replay).
+        """Decide ``spec`` (a Spec or a VNN-LIB path) on ``network`` (an ONNX path, or a Network:
+        loaded from ``model_path``, or else exported for replay).
 
-        Raises VfnnError for user problems (unreadable model, spec that does not fit, tool not
-        available, bad option); every problem of the tool itself becomes an ``error`` result.
+        ``deadline`` (a ``time.monotonic()`` value, default now + ``timeout``) bounds the whole call,
+        start-up and the unstable-neuron record included: a command or a campaign job passes the
+        deadline it set when it started, so that its own start-up counts too.  ``on_wait`` is
+        called about every 0.1 s while the tool runs.  Raises VfnnError for user problems
+        (unreadable model, spec that does not fit, tool not available, bad option); every problem
+        of the tool itself becomes an ``error`` result.
         """
+        from vfnn.network import Network
         from vfnn.onnx_io import load_onnx, save_onnx
 
-        start = time.monotonic()
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise OptionError(f"timeout must be a positive number of seconds, got {timeout}")
+        deadline = time.monotonic() + timeout if deadline is None else deadline
+        start = deadline - timeout
         opts = self.resolve_options(options)
         avail = self.availability()
         if not avail.available:
             hint = f" ({avail.install_hint})" if avail.install_hint else ""
             raise VerifierUnavailable(f"verifier {self.name} is not available: {avail.reason}{hint}")
-        if not (timeout > 0 and math.isfinite(timeout)):
-            raise OptionError(f"timeout must be a positive number of seconds, got {timeout}")
         with tempfile.TemporaryDirectory(prefix=f"vfnn-{self.name}-") as tmp:
             workdir = Path(tmp)
-            if isinstance(network, Network):
-                net, onnx_path, model_path = network, save_onnx(network, workdir / "original.onnx"), None
-            else:
-                onnx_path = Path(network)
-                net, model_path = load_onnx(onnx_path), str(onnx_path)
-            spec.check_fits(net.input_size, net.output_size, model=model_path or net.name)
-            unstable = None
-            if unstable_method:
-                from vfnn.stats import unstable_record
+            if not isinstance(network, Network):
+                model_path, network = network, load_onnx(network)
+            onnx_path = Path(model_path) if model_path else save_onnx(network, workdir / "original.onnx")
+            if not isinstance(spec, Spec):
+                from vfnn.vnnlib import read_vnnlib
 
-                unstable = unstable_record(net, spec, method=unstable_method)
+                spec_path = spec if spec_path is None else spec_path
+                spec = read_vnnlib(spec, network.input_size, network.output_size)
+            spec.check_fits(network.input_size, network.output_size, model=str(model_path or network.name))
+            problem = Problem(network, onnx_path, spec, None if spec_path is None else Path(spec_path), deadline,
+                              float(timeout), workdir)
+            raw, unstable = self._run(problem, opts, unstable_method, on_wait)
 
             def finish(raw: RawOutcome, x: list[float] | None = None, y: list[float] | None = None,
                        case: int | None = None) -> VerificationResult:
@@ -225,15 +271,11 @@ class Verifier(ABC):
                     status=raw.status, verifier=self.name, verifier_version=avail.version, options=opts,
                     wall_time=time.monotonic() - start, tool_time=raw.tool_time, timeout=float(timeout),
                     counterexample_input=x, counterexample_output=y, case_index=case, unstable=unstable,
-                    tool_stats=dict(raw.tool_stats), message=raw.message, model_path=model_path,
+                    tool_stats=dict(raw.tool_stats), message=raw.message,
+                    model_path=None if model_path is None else str(model_path),
                     spec_path=None if spec_path is None else str(spec_path),
                 )
 
-            raw = self._trivial(spec)
-            if raw is None:
-                problem = Problem(net, onnx_path, spec, None if spec_path is None else Path(spec_path),
-                                  time.monotonic() + timeout, float(timeout), workdir)
-                raw = self._run(problem, opts)
             if raw.status != "sat":
                 return finish(raw)
             ok, x, y, case, reason = self._replay(onnx_path, spec, raw)
@@ -258,18 +300,35 @@ class Verifier(ABC):
                 return RawOutcome("sat", x, tool_time=0.0, message=msg)
         return None
 
-    def _run(self, problem: Problem, opts: dict[str, Any]) -> RawOutcome:
-        """Run the hook in a child process and translate every way it can end into a RawOutcome."""
-        limit = problem.timeout + float(opts["grace"])
-        out = run_isolated(_solve_in_child, (self, problem, opts), limit_s=limit, workdir=problem.workdir / "child",
-                           memory_mb=int(opts["memory_mb"]) or None)
+    def _run(self, problem: Problem, opts: dict[str, Any], unstable_method: str | None,
+             on_wait: Callable[[], None] | None) -> tuple[RawOutcome, UnstableRecord | None]:
+        """Run the hook in a child process and translate every way it can end into a RawOutcome;
+        the child is killed ``grace`` seconds after the deadline."""
+        trivial = self._trivial(problem.spec)
+        if trivial is not None and not unstable_method:
+            return trivial, None
+        if problem.time_left() <= 0:
+            return trivial or not_started(problem.timeout, "vfnn's start-up (loading the model and the spec)"), None
+        limit = problem.time_left() + float(opts["grace"])
+        out = run_isolated(_solve_in_child, (self, problem, opts, trivial, unstable_method), limit_s=limit,
+                           workdir=problem.workdir / "child", memory_mb=int(opts["memory_mb"]) or None,
+                           on_wait=on_wait)
+        started, unstable = _started(problem.workdir)
         if out.kind == "returned":
-            if not isinstance(out.value, RawOutcome):
-                return RawOutcome("error", message=f"{self.name} adapter returned {type(out.value).__name__}")
-            return out.value
+            raw, unstable = out.value
+            if raw is None:
+                return not_started(problem.timeout, "start-up and the unstable-neuron record"), unstable
+            if not isinstance(raw, RawOutcome):
+                return RawOutcome("error", message=f"{self.name} adapter returned {type(raw).__name__}"), unstable
+            return raw, unstable
+        if trivial is not None:  # the unstable record failed or ran out of time: the answer stands
+            return trivial, None
+        tail = {"output_tail": out.output_tail[-500:]}
         if out.kind == "killed":
-            return RawOutcome("timeout", message=f"killed at the hard deadline ({limit:g} s = timeout + grace)",
-                              tool_stats={"output_tail": out.output_tail[-500:]})
+            if not started:
+                return not_started(problem.timeout, "start-up and the unstable-neuron record"), None
+            return RawOutcome("timeout", tool_stats=tail, message=f"killed at the hard deadline (timeout + grace "
+                              f"= {problem.timeout + float(opts['grace']):g} s after the start)"), unstable
         if out.kind == "raised":
             exc = out.value
             if isinstance(exc, MemoryError):
@@ -281,8 +340,8 @@ class Verifier(ABC):
             else:
                 last = out.traceback.strip().splitlines()[-3:]
                 msg = f"{self.name} adapter raised {type(exc).__name__}: {exc} ({' | '.join(last)})"
-            return RawOutcome("error", message=msg, tool_stats={"output_tail": out.output_tail[-500:]})
-        return RawOutcome("error", message=out.describe_death(), tool_stats={"output_tail": out.output_tail[-500:]})
+            return RawOutcome("error", message=msg, tool_stats=tail), unstable
+        return RawOutcome("error", message=out.describe_death(), tool_stats=tail), unstable
 
     @staticmethod
     def _replay(onnx_path: Path, spec: Spec, raw: RawOutcome
