@@ -458,3 +458,104 @@ def test_scaled_input_bounds_round_outward(tmp_path: Path) -> None:
     assert hi <= np.nextafter(1 / 3, 1) and lo >= np.nextafter(-1 / 3, -1)  # widened by at most one ulp
     exact = parse(tmp_path, decls(1, 1) + "(assert (<= (* 4 X_0) 1)) (assert (>= (* 2 X_0) -1)) (assert (<= Y_0 0))")
     assert exact.cases[0].upper[0] == 0.25 and exact.cases[0].lower[0] == -0.5  # exact quotients stay exact
+
+
+def _and_of_atoms(n: int) -> str:
+    atoms = " ".join(f"(<= X_0 {1 + k % 7})" if k % 2 else f"(>= X_0 {-1 - k % 5})" for k in range(n))
+    return decls(1, 1) + f"(assert (and {atoms}))\n(assert (<= Y_0 0))\n"
+
+
+def test_one_and_of_many_atoms_parses_in_linear_time(tmp_path: Path) -> None:
+    # Copying the conjunction per atom made this quadratic: 100k atoms took 64 s, 200k would take minutes.
+    import time
+
+    def seconds(n: int) -> float:
+        (tmp_path / "t.vnnlib").write_text(_and_of_atoms(n))
+        t = time.process_time()  # this process's CPU time: other jobs on the machine do not count
+        spec = read_vnnlib(tmp_path / "t.vnnlib")
+        elapsed = time.process_time() - t
+        assert (spec.cases[0].lower.tolist(), spec.cases[0].upper.tolist()) == ([-1.0], [1.0])
+        return elapsed
+
+    small, big = seconds(20_000), seconds(200_000)
+    assert big < 30 * small + 0.5, (small, big)  # linear: ~10x; quadratic: ~100x
+
+
+def test_nested_and_expansion_is_capped_by_its_size(tmp_path: Path) -> None:
+    from vfnn.vnnlib import MAX_DNF_ATOMS
+
+    inner = " ".join(f"(<= Y_0 {k})" for k in range(1000)) + " " + " ".join(
+        "(or (<= Y_0 1) (<= Y_0 2))" for _ in range(14))  # 16,384 disjuncts of 1,014 atoms each
+    text = decls(1, 1) + unit_box(1) + f"(assert (or (and {inner}) (<= Y_0 -5)))\n"
+    with pytest.raises(SpecError, match=rf"t.vnnlib:\d+:\d+: .*or {MAX_DNF_ATOMS} constraints"):
+        parse(tmp_path, text)
+
+
+def _input_ors(k: int, nx: int) -> str:
+    halves = "".join(f"(assert (or (and (>= X_{i} 0) (<= X_{i} 0.5)) (and (>= X_{i} 0.5) (<= X_{i} 1))))\n"
+                     for i in range(k))
+    rest = "".join(f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 1.0))\n" for i in range(k, nx))
+    return decls(nx, 1) + rest + halves + "(assert (<= Y_0 0))\n"
+
+
+def test_input_disjunctions_beyond_the_box_limit_are_refused_before_they_are_built(tmp_path: Path) -> None:
+    import time
+
+    from vfnn.vnnlib import MAX_BOX_BOUNDS
+
+    assert len(parse(tmp_path, _input_ors(3, 784)).cases) == 8  # under the limit: one case per box
+    t = time.perf_counter()
+    with pytest.raises(SpecError, match=rf"t.vnnlib: .*65536 boxes of 784 inputs .*limit of {MAX_BOX_BOUNDS:,}"):
+        parse(tmp_path, _input_ors(16, 784))  # 65,536 boxes: 1.75 GB and 16 s before the limit
+    assert time.perf_counter() - t < 3.0
+    one_assert = decls(784, 1) + "(assert (and " + " ".join(
+        f"(or (and (>= X_{i} 0) (<= X_{i} 0.5)) (and (>= X_{i} 0.5) (<= X_{i} 1)))" for i in range(16)) + " "
+    one_assert += " ".join(f"(>= X_{i} 0.0) (<= X_{i} 1.0)" for i in range(16, 784)) + "))\n(assert (<= Y_0 0))\n"
+    with pytest.raises(SpecError, match="65536 boxes of 784 inputs"):
+        parse(tmp_path, one_assert)
+
+
+def test_output_disjunctions_share_one_box_and_are_not_limited_by_boxes(tmp_path: Path) -> None:
+    ors = "(assert (or " + " ".join(f"(and (<= Y_0 {k}))" for k in range(5000)) + "))\n"
+    spec = parse(tmp_path, decls(784, 1) + unit_box(784) + ors)
+    assert len(spec.cases) == 1 and len(spec.cases[0].unsafe) == 5000
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    text = decls(1, 1) + unit_box(1) + "(assert (<= Y_0 0))\n"
+    (tmp_path / "bom.vnnlib").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "bom.vnnlib.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + text.encode()))
+    for name in ("bom.vnnlib", "bom.vnnlib.gz"):
+        spec = read_vnnlib(tmp_path / name)
+        assert (spec.n_inputs, spec.n_outputs, spec.cases[0].upper.tolist()) == (1, 1, [1.0])
+
+
+def test_pipes_are_read_and_a_fifo_without_writer_is_an_error_not_a_hang(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import threading
+    import time
+
+    import vfnn.vnnlib
+
+    text = (decls(1, 1) + unit_box(1) + "(assert (<= Y_0 0))\n").encode()
+    r, w = os.pipe()  # what bash's <(cat spec) hands over: /dev/fd/N
+    threading.Thread(target=lambda: (os.write(w, text), os.close(w)), daemon=True).start()
+    try:
+        assert read_vnnlib(f"/dev/fd/{r}").cases[0].upper.tolist() == [1.0]
+    finally:
+        os.close(r)
+    fifo = tmp_path / "spec.fifo"
+    os.mkfifo(fifo)
+
+    def writer() -> None:
+        time.sleep(0.2)  # the reader is already waiting: it must not have given up
+        with open(fifo, "wb") as f:
+            f.write(text)
+
+    threading.Thread(target=writer, daemon=True).start()
+    assert read_vnnlib(fifo).n_inputs == 1
+    monkeypatch.setattr(vfnn.vnnlib, "FIFO_WAIT", 0.3)
+    t = time.perf_counter()
+    with pytest.raises(SpecError, match=r"spec.fifo: nothing was written to this pipe within 0.3 s"):
+        read_vnnlib(fifo)
+    assert time.perf_counter() - t < 2.0

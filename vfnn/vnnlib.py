@@ -11,6 +11,11 @@ read as ``<=``/``>=``: the unsafe set becomes its closure, so "unsat" stays soun
 counterexample on the boundary needs the usual margin (tool-facts).  Arithmetic is float64 (exact
 for the usual "variable vs number" forms); a bound from a scaled input constraint is rounded outward.
 Every malformed file raises :class:`SpecError` with ``FILE:LINE:COL``.
+
+Limits, checked before anything that large is built: the DNF may have up to ``MAX_DISJUNCTS``
+disjuncts (one nested ``and`` up to ``MAX_DNF_ATOMS`` constraints), and the input boxes up to
+``MAX_BOX_BOUNDS`` bounds in all (boxes x inputs: 5,000 boxes of 784 inputs fit).  Parsing is
+linear in the file's size.  A UTF-8 byte-order mark is skipped; FIFOs and ``<(cmd)`` are read once.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import re
+import select
+import stat
 import zlib
 from fractions import Fraction
 from itertools import product
@@ -26,10 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vfnn.errors import SpecError
+from vfnn.errors import SpecError, VfnnError
 from vfnn.spec import Halfspaces, Spec, SpecCase
 
-MAX_DISJUNCTS = 100_000
+MAX_DISJUNCTS = 100_000  # disjuncts of the expanded DNF
+MAX_DNF_ATOMS = 10_000_000  # constraints in the DNF of one nested 'and' (top-level ones are not expanded)
+FIFO_WAIT = 30.0  # seconds a named pipe may go without a writer
+MAX_BOX_BOUNDS = 4_000_000  # input boxes x inputs (~100 MB while the cases are built)
 _TOKEN = re.compile(r"[()]|[^\s()]+")
 _COMMENT = re.compile(r";[^\n]*")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -109,7 +120,7 @@ class _Reader:
             elif cmd == "assert":
                 if len(f) != 3:
                     raise self.error(f[0], f"assert takes exactly one formula, got {len(f) - 2}")
-                asserts.append(f[2])
+                asserts.append((f[2], f[0]))
             elif cmd not in _IGNORED:
                 raise self.error(f[1], f"unknown command '{cmd}'")
         pos = {}  # declaration positions, by kind, in index order
@@ -123,25 +134,43 @@ class _Reader:
             pos[kind] = [p for _, p in idx]
         nx = len(pos["X"])
         self.vars = {n: i if k == "X" else nx + i for n, (k, i, _) in decls.items()}
-        dnfs, total, toks, vars_ = [], 1, self.toks, self.vars
-        for a in asserts:
-            flat = type(a) is list and len(a) == 4 and type(a[1]) is type(a[2]) is type(a[3]) is int
-            at = a[0] if type(a) is list else a
-            if flat and toks[a[1]] in _LEGE:
-                v, k = vars_.get(toks[a[2]]), toks[a[3]]  # fast path: (assert (<= X_i number))
-                if v is not None and _NUMBER.fullmatch(k) and math.isfinite(x := float(k)):
-                    dnfs.append([[({v: 1.0}, x, at) if toks[a[1]] == "<=" else ({v: -1.0}, -x, at)]])
-                    continue
+        dnfs, total = [], 1
+        for a, where in self.conjuncts(asserts):
+            if (c := self.bound(a)) is not None:  # fast path: (assert (<= X_i number))
+                dnfs.append([[c]])
+                continue
             try:
                 dnfs.append(self.dnf(a))
             except RecursionError:
-                raise self.error(at, "formula nested too deeply") from None
+                raise self.error(a[0] if type(a) is list else a, "formula nested too deeply") from None
             total *= len(dnfs[-1])
             if not dnfs[-1]:
-                raise self.error(at - 2, "this assert can never hold (constant false): no input is unsafe")
+                raise self.error(where, "this assert can never hold (constant false): no input is unsafe")
             if total > MAX_DISJUNCTS:
-                raise self.error(at - 2, f"the asserts up to here expand to over {MAX_DISJUNCTS} disjuncts in DNF")
+                raise self.error(where, f"the asserts up to here expand to over {MAX_DISJUNCTS} disjuncts in DNF")
         return dnfs, pos
+
+    def conjuncts(self, asserts: list[tuple]) -> list[tuple]:
+        """The asserts with top-level ``and`` s split into separate asserts (the same formula), each
+        with its assert's position: their conjunction is then built once, not copied per disjunct."""
+        out, stack = [], list(reversed(asserts))
+        while stack:
+            a, where = stack.pop()
+            if type(a) is list and len(a) > 2 and type(a[1]) is int and self.toks[a[1]] == "and":
+                stack.extend((b, where) for b in reversed(a[2:]))
+            else:
+                out.append((a, where))
+        return out
+
+    def bound(self, n: list | int) -> Con | None:
+        """``(<= V number)`` or ``(>= V number)`` as a constraint without building terms (the
+        common atom, worth a fast path), else None."""
+        if type(n) is not list or len(n) != 4 or not type(n[1]) is type(n[2]) is type(n[3]) is int:
+            return None
+        op, v, k = self.toks[n[1]], self.vars.get(self.toks[n[2]]), self.toks[n[3]]
+        if op not in _LEGE or v is None or not _NUMBER.fullmatch(k) or not math.isfinite(x := float(k)):
+            return None
+        return ({v: 1.0}, x, n[0]) if op == "<=" else ({v: -1.0}, -x, n[0])
 
     def lin(self, n: list | int) -> tuple[dict[int, float], float]:
         """A linear term as (coefficients, constant)."""
@@ -190,7 +219,27 @@ class _Reader:
             coefs, const = {v: a / k for v, a in coefs.items() if a / k != 0.0}, const / k
         return coefs, const
 
+    def conjoin(self, n: list, parts: list[Dnf]) -> Dnf:
+        """The DNF of an ``and`` in time linear in its size: a one-disjunct part extends the
+        conjunctions in place (copying them per atom was quadratic); only real disjunctions copy."""
+        out: Dnf = [[]]
+        atoms = 0  # sum of len(x) over out
+        for d in parts:
+            grown = len(d) * atoms + len(out) * sum(len(y) for y in d)
+            if len(out) * len(d) > MAX_DISJUNCTS or grown > MAX_DNF_ATOMS:
+                raise self.error(n[0], f"expanding this 'and' to DNF gives over {MAX_DISJUNCTS} disjuncts "
+                                       f"or {MAX_DNF_ATOMS} constraints")
+            atoms = grown
+            if len(d) == 1:
+                for x in out:
+                    x.extend(d[0])
+            else:
+                out = [x + y for x in out for y in d]
+        return out
+
     def dnf(self, n: list | int) -> Dnf:
+        if (c := self.bound(n)) is not None:
+            return [[c]]
         if isinstance(n, int) and self.toks[n] in ("true", "false"):
             return [[]] if self.toks[n] == "true" else []
         op, args = self.head(n, "a formula"), n[2:]
@@ -202,13 +251,7 @@ class _Reader:
                 raise self.error(n[0], f"this 'or' has over {MAX_DISJUNCTS} disjuncts in DNF")
             return out
         if op == "and":
-            out: Dnf = [[]]
-            for a in args:
-                d = self.dnf(a)
-                if len(out) * len(d) > MAX_DISJUNCTS:
-                    raise self.error(n[0], f"expanding this 'and' to DNF gives over {MAX_DISJUNCTS} disjuncts")
-                out = [x + y for x in out for y in d]
-            return out
+            return self.conjoin(n, [self.dnf(a) for a in args])
         if op not in _CMP:
             hint = " ('not' is not supported)" if op == "not" else ""
             raise self.error(n[1], f"unknown operator '{op}' in a formula{hint}")
@@ -250,6 +293,21 @@ def _apply(cons: list, lo: list, hi: list, lp: list, rows: list, nx: int, err) -
         rows.append((coefs, rhs))
 
 
+def _check_boxes(multi: list[Dnf], nx: int, err) -> None:
+    """Refuse input disjunctions whose boxes would not fit in memory, before allocating any.
+
+    Each assert contributes at most as many boxes as it has distinct sets of input bounds, so the
+    product over the asserts bounds the number of boxes from above."""
+    boxes = 1
+    for d in multi:
+        parts = {frozenset((v, a, rhs) for coefs, rhs, _ in conj if len(coefs) == 1 for v, a in coefs.items() if v < nx)
+                 for conj in d}
+        boxes *= len(parts)
+    if boxes * nx > MAX_BOX_BOUNDS:
+        raise err(None, f"the input disjunctions expand to up to {boxes} boxes of {nx} inputs ({boxes * nx:,} bounds, "
+                        f"over the limit of {MAX_BOX_BOUNDS:,}): split the spec into several files")
+
+
 def _build(dnfs: list[Dnf], nx: int, ny: int, err, xpos: list, name: str) -> Spec:
     """The conjunction of the asserts' DNFs as a Spec; single-disjunct asserts are folded in once."""
     common, multi = [], []
@@ -259,6 +317,7 @@ def _build(dnfs: list[Dnf], nx: int, ny: int, err, xpos: list, name: str) -> Spe
         common.extend(d[0]) if len(d) == 1 else multi.append(d)
     if math.prod(len(d) for d in multi) > MAX_DISJUNCTS:
         raise err(None, f"the asserts expand to over {MAX_DISJUNCTS} disjuncts in DNF; simplify the spec")
+    _check_boxes(multi, nx, err)
     inf = math.inf
     base = ([-inf] * nx, [inf] * nx, [None] * nx, [])
     _apply(common, *base, nx, err)
@@ -277,7 +336,7 @@ def _build(dnfs: list[Dnf], nx: int, ny: int, err, xpos: list, name: str) -> Spe
         for r, (coefs, _) in enumerate(rows):
             for v, a in coefs.items():
                 A[r, v - nx] = a
-        key = (tuple(lo), tuple(hi))
+        key = lo_a.tobytes() + hi_a.tobytes()  # compact: tuples would keep every float object alive
         if key not in cases:
             cases[key] = (lo_a, hi_a, [])
         cases[key][2].append(Halfspaces(A, b))
@@ -347,12 +406,30 @@ def _read_v2(name: str, text: str) -> Spec:
     return _build(dnfs, nx, ny, err, [None] * nx, name)
 
 
+def read_bytes(path: Path, error: type[VfnnError] = SpecError) -> bytes:
+    """A file's bytes; a FIFO (also ``<(cmd)``) is read once to its end, and one that nobody
+    writes to within ``FIFO_WAIT`` seconds is an ``error`` rather than a hang."""
+    if not stat.S_ISFIFO(path.stat().st_mode):
+        return path.read_bytes()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a plain open would block until a writer comes
+    try:
+        if not select.select([fd], [], [], FIFO_WAIT)[0]:
+            raise error(f"{path}: nothing was written to this pipe within {FIFO_WAIT:g} s")
+        os.set_blocking(fd, True)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int | None = None) -> Spec:
     """Read a VNN-LIB 1.0 or 2.0 file (plain or gzip) into a Spec; optionally check its sizes."""
     p = Path(path)
     try:
-        data = p.read_bytes()
-        text = (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode("utf-8")
+        data = read_bytes(p, SpecError)
+        text = (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode("utf-8-sig")  # -sig: a BOM
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         raise SpecError(f"{p}: cannot read the specification: {e}") from None
     name = p.name.removesuffix(".gz").removesuffix(".vnnlib")
