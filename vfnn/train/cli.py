@@ -71,6 +71,8 @@ def _default_out(dataset: str, arch: str, label: str, seed: int) -> Path:
               help="Fetch missing dataset files from the official locations.")
 @click.option("--train-size", type=int, help="Use only the first N training images.")
 @click.option("--eval-size", type=int, default=1000, show_default=True, help="Test images used for the metrics.")
+@click.option("--val-size", type=int, default=0, show_default=True,
+              help="Hold out the last N training images and compute the metrics on them instead of test images.")
 @click.option("--arch", default="fc:100x3", show_default=True,
               help="fc:WIDTHxDEPTH, fc:W1,W2,.., cnn:small, cnn:medium.")
 @click.option("--init", "init", type=click.Path(dir_okay=False),
@@ -95,12 +97,14 @@ def _default_out(dataset: str, arch: str, label: str, seed: int) -> Path:
 @click.option("--kappa-end", type=float, help="[default: 0.5 for ibp, 0 for crown-ibp]")
 @click.option("--radii", help="Multi-radius training radii, increasing (e.g. 0.1,0.2,0.3).")
 @click.option("--radius-weights", help="Their weights, strictly decreasing [default: 1,0.5,0.25,..].")
-@click.option("--nbc-neighbours", type=click.Choice(["uniform", "adversarial", "both"]), default="both",
-              show_default=True)
+@click.option("--nbc-neighbours", type=click.Choice(["uniform", "adversarial", "both", "persistent"]),
+              default="both", show_default=True)
 @click.option("--nbc-samples", type=int, default=1, show_default=True, help="Uniform neighbours per input.")
 @click.option("--nbc-steps", type=int, default=3, show_default=True, help="Steps of the adversarial neighbour.")
 @click.option("--nbc-c", type=float, default=1.0, show_default=True, help="c in -tanh(1 + c z(x) z(x')).")
 @click.option("--nbc-layer-weights", help="lNBC: one weight per ReLU layer, e.g. 1,0.5,0.25.")
+@click.option("--nbc-fraction", type=float, default=1.0, show_default=True,
+              help="Share of each batch that gets NBC neighbours.")
 @click.option("--reg-warmup", type=float, default=1.0, show_default=True, help="Epochs of linear weight warm-up.")
 @click.option("--eval-pgd-steps", type=int, default=20, show_default=True,
               help="Steps of the evaluation attacks (PGD accuracy, adversarial NBC metric).")
@@ -195,6 +199,7 @@ def config_from_options(kw: dict):
         radius_weights=parse_floats(kw["radius_weights"], "--radius-weights"),
         nbc_neighbours=str(kw["nbc_neighbours"]), nbc_samples=int(kw["nbc_samples"]), nbc_steps=int(kw["nbc_steps"]),
         nbc_c=float(kw["nbc_c"]), nbc_layer_weights=parse_floats(kw["nbc_layer_weights"], "--nbc-layer-weights"),
+        nbc_fraction=float(kw["nbc_fraction"]), val_size=int(kw["val_size"]),
         reg_warmup=float(kw["reg_warmup"]), eval_pgd_steps=int(kw["eval_pgd_steps"]), seed=int(kw["seed"]),
         device=str(kw["device"]), threads=kw["threads"],
     )

@@ -95,6 +95,7 @@ class TrainConfig:
     download: bool = True
     train_size: int | None = None
     eval_size: int = 1000
+    val_size: int = 0
     arch: str = "fc:100x3"
     init: str | None = None
     phases: list[Phase] = field(default_factory=lambda: [Phase("ce", (), 10)])
@@ -122,6 +123,7 @@ class TrainConfig:
     nbc_steps: int = 3
     nbc_c: float = 1.0
     nbc_layer_weights: tuple[float, ...] | None = None
+    nbc_fraction: float = 1.0
     reg_warmup: float = 1.0
     eval_pgd_steps: int = 20
     eval_nbc_samples: int = 4
@@ -175,7 +177,9 @@ class TrainConfig:
         checks = [(self.batch_size >= 1, "--batch-size must be >= 1"), (self.lr > 0, "--lr must be > 0"),
                   (self.eval_size >= 1, "--eval-size must be >= 1"),
                   (self.nbc_samples >= 1, "--nbc-samples must be >= 1"),
-                  (self.nbc_c > 0, "--nbc-c must be > 0"), (self.pgd_steps >= 1, "--pgd-steps must be >= 1"),
+                  (self.nbc_c > 0, "--nbc-c must be > 0"),
+                  (0 < self.nbc_fraction <= 1, "--nbc-fraction must lie in (0, 1]"),
+                  (self.val_size >= 0, "--val-size must be >= 0"), (self.pgd_steps >= 1, "--pgd-steps must be >= 1"),
                   (self.reg_warmup >= 0 and self.eps_warmup >= 0, "warm-up lengths must be >= 0"),
                   (self.train_size is None or self.train_size >= 1, "--train-size must be >= 1"),
                   (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")]

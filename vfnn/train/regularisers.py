@@ -13,7 +13,10 @@ loss is the sampled analogue of the RS loss -tanh(1 + l u) (Xiao et al. 2019), w
 bounds (l, u) of the ball replaced by two points of it.  Neighbours: ``uniform`` samples of the
 ball, ``adversarial`` ones (signed-gradient steps that *maximise* L_NBC from a uniform start,
 projected back into the ball: the honest choice, since uniform samples rarely find the
-disagreeing corner), or ``both`` (average of the two kinds).
+disagreeing corner), ``both`` (average of the two kinds), or ``persistent`` (one adversarial
+neighbour per training image, kept across epochs and moved one signed-gradient step each time the
+image is seen, with the input gradient that the training step computes anyway -- the "free"
+adversarial examples of Shafahi et al. 2019 and Zheng et al. 2020, applied to NBC).
 
 RS (Xiao et al. 2019):  L_RS = mean_i mean_j [ -tanh(1 + l_ij * u_ij) ] with (l, u) the IBP bounds
 of the pre-activations over B(x, eps).  L1: sum of |w| over Linear/Conv weights (not biases).
@@ -21,6 +24,7 @@ of the pre-activations over B(x, eps).  L1: sum of |w| over Linear/Conv weights 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +34,7 @@ from vfnn.train.attacks import signed_gradient_ascent, uniform_in_ball
 from vfnn.train.models import forward_with_preacts
 from vfnn.train.objectives import Batch, input_box
 
-NEIGHBOUR_KINDS = ("uniform", "adversarial", "both")
+NEIGHBOUR_KINDS = ("uniform", "adversarial", "both", "persistent")
 DEFAULT_WEIGHTS = {"nbc": 5.0, "rs": 0.5, "l1": 1e-5}
 
 
@@ -43,12 +47,13 @@ class NBCOptions:
     steps: int = 3  # signed-gradient steps of the adversarial neighbour
     c: float = 1.0  # scale inside tanh
     layer_weights: tuple[float, ...] | None = None  # lNBC; None = equal weights
+    fraction: float = 1.0  # share of each batch's rows that get neighbours (the batch is shuffled)
 
     def __post_init__(self) -> None:
         if self.neighbours not in NEIGHBOUR_KINDS:
             raise ValueError(f"NBC neighbours must be one of {NEIGHBOUR_KINDS}, not {self.neighbours!r}")
-        if self.samples < 1 or self.steps < 0 or self.c <= 0:
-            raise ValueError("NBC needs samples >= 1, steps >= 0 and c > 0")
+        if self.samples < 1 or self.steps < 0 or self.c <= 0 or not 0 < self.fraction <= 1:
+            raise ValueError("NBC needs samples >= 1, steps >= 0, c > 0 and a fraction in (0, 1]")
         if self.layer_weights is not None and (min(self.layer_weights) < 0 or sum(self.layer_weights) <= 0):
             raise ValueError("NBC layer weights must be non-negative with a positive sum")
 
@@ -69,12 +74,23 @@ def nbc_surrogate(z_x: list[torch.Tensor], z_n: list[torch.Tensor], c: float, we
     ``z_n`` may hold k neighbours per input stacked along the batch (k * B rows, neighbour-major);
     ``z_x`` is repeated to match.
     """
-    total = z_x[0].new_zeros(())
-    for zx, zn, w in zip(z_x, z_n, weights, strict=True):
-        reps = zn.shape[0] // zx.shape[0]
-        zx = zx.repeat(reps, *([1] * (zx.dim() - 1))) if reps > 1 else zx
-        total = total + w * (-torch.tanh(1.0 + c * zx * zn)).mean()
-    return total
+    zx, zn = flat_preacts(z_x), flat_preacts(z_n)
+    reps = zn.shape[0] // zx.shape[0]
+    if reps > 1:
+        zx = zx.repeat(reps, 1)
+    return (-torch.tanh(1.0 + c * zx * zn) @ column_weights(z_x, weights)).mean()
+
+
+def flat_preacts(z: list[torch.Tensor]) -> torch.Tensor:
+    """All layers' pre-activations side by side, (rows, neurons): one tensor op per step instead of one per layer."""
+    return torch.cat([t.flatten(1) for t in z], dim=1)
+
+
+def column_weights(z: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """lambda_i / n_i for each neuron of layer i, so that ``terms @ w`` is sum_i lambda_i mean_j (terms of layer i)."""
+    parts = [torch.full((t[0].numel(),), w / t[0].numel(), dtype=t.dtype, device=t.device)
+             for t, w in zip(z, weights, strict=True)]
+    return torch.cat(parts)
 
 
 def nbc_neighbours(model: nn.Sequential, x: torch.Tensor, z_x: list[torch.Tensor], eps: float, opts: NBCOptions,
@@ -111,26 +127,76 @@ def nbc_agreement(model: nn.Sequential, x: torch.Tensor, x_n: torch.Tensor) -> t
 
 @dataclass
 class Regulariser:
-    """A named penalty with a weight; ``loss`` returns the unweighted value."""
+    """A named penalty with a weight; ``loss`` returns the unweighted value.
+
+    ``state``/``load_state`` carry what a regulariser keeps between steps (saved in checkpoints).
+    """
 
     name: str
     weight: float
 
+    def prepare(self, batch: Batch, eps: float) -> None:
+        """Called before the batch's forward pass: a regulariser may add rows to it (``batch.extra``)."""
+
     def loss(self, model: nn.Sequential, batch: Batch, eps: float) -> torch.Tensor:
         raise NotImplementedError
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"regulariser {self.name} keeps no state, the checkpoint has {sorted(state)}")
 
 
 @dataclass
 class NBC(Regulariser):
     nbc: NBCOptions = field(default_factory=NBCOptions)
+    # persistent neighbours: offsets u in [-1, 1]^d per training image, neighbour = clip(x + eps * u)
+    offsets: torch.Tensor | None = field(default=None, repr=False)
 
     def loss(self, model: nn.Sequential, batch: Batch, eps: float) -> torch.Tensor:
         z_x = batch.clean_preacts(model)
         if eps <= 0:
             return z_x[0].new_zeros(())
-        x_n = nbc_neighbours(model, batch.x, z_x, eps, self.nbc)
-        _, z_n = forward_with_preacts(model, x_n)
+        rows = self.rows(batch)
+        z_x = [z[:rows] for z in z_x]
+        if self.nbc.neighbours == "persistent":
+            z_n = batch.extra_preacts(model)
+        else:
+            _, z_n = forward_with_preacts(model, nbc_neighbours(model, batch.x[:rows], z_x, eps, self.nbc))
         return nbc_surrogate(z_x, z_n, self.nbc.c, layer_weights(len(z_x), self.nbc.layer_weights))
+
+    def rows(self, batch: Batch) -> int:
+        """How many of the batch's (shuffled) rows get a neighbour."""
+        return max(1, math.ceil(self.nbc.fraction * len(batch.x)))
+
+    def prepare(self, batch: Batch, eps: float) -> None:
+        if self.nbc.neighbours == "persistent" and eps > 0:
+            batch.extra = self._persistent_neighbours(batch, self.rows(batch), eps)
+
+    def _persistent_neighbours(self, batch: Batch, rows: int, eps: float) -> torch.Tensor:
+        """The images' stored neighbours; the backward pass moves each offset one step up its gradient."""
+        if batch.index is None:
+            raise ValueError("persistent NBC neighbours need the batch's training-set indices")
+        if self.offsets is None:  # a uniform start, drawn from the (per-epoch seeded) global stream
+            shape = (batch.n_total, *batch.x.shape[1:])
+            self.offsets = (torch.rand(shape, device=batch.x.device) * 2 - 1).to(torch.float16)
+        idx = batch.index[:rows]
+        u = self.offsets[idx].to(batch.x.dtype)
+        x_n = (batch.x[:rows] + eps * u).clamp(0.0, 1.0).requires_grad_(True)
+
+        def step(grad: torch.Tensor) -> None:  # grad of (CE + w * L_NBC): its sign raises the disagreement
+            self.offsets[idx] = (u + grad.sign()).clamp(-1.0, 1.0).to(torch.float16)
+
+        x_n.register_hook(step)
+        return x_n
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {} if self.offsets is None else {"offsets": self.offsets.detach().cpu()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.offsets = state.get("offsets")
 
 
 @dataclass

@@ -96,6 +96,11 @@ class Trainer:
         x_tr, y_tr = load_dataset(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
         x_te, y_te = load_dataset(cfg.dataset, "test", cfg.data_dir, download=cfg.download)
         self.mean, self.std = channel_stats(x_tr)
+        if cfg.val_size:  # metrics on held-out training images, so tuning never sees the test split
+            if cfg.val_size >= len(y_tr):
+                raise TrainConfigError(f"--val-size {cfg.val_size}: {cfg.dataset} has only {len(y_tr)} training images")
+            x_te, y_te = x_tr[-cfg.val_size:], y_tr[-cfg.val_size:]
+            x_tr, y_tr = x_tr[:-cfg.val_size], y_tr[:-cfg.val_size]
         if cfg.train_size is not None:
             x_tr, y_tr = x_tr[:cfg.train_size], y_tr[:cfg.train_size]
         x_te, y_te = x_te[:cfg.eval_size], y_te[:cfg.eval_size]
@@ -132,19 +137,28 @@ class Trainer:
     def _prepare_dir(self) -> tuple[int, list[dict]]:
         """Write config.json (new run) or load checkpoint.pt (resume); returns (start epoch, metrics so far)."""
         ckpt_path = self.run_dir / "checkpoint.pt"
+        self.reg_states: dict[str, dict[str, torch.Tensor]] = {}
         if self.resume and ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            if ckpt.get("format") != CHECKPOINT_FORMAT:
-                raise ModelError(f"{ckpt_path}: not a vfnn checkpoint")
-            self.model = from_description(ckpt["layers"])
-            self.model.load_state_dict(ckpt["model"])
-            self.model.to(self.device)
-            self.optimizer = self._make_optimizer(self.model)
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.seconds_before = float(ckpt["seconds"])
-            metrics = [json.loads(line) for line in ckpt["metrics"]]
+            try:
+                ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+                    raise ModelError(f"{ckpt_path}: not a vfnn checkpoint")
+                self.model = from_description(ckpt["layers"])
+                self.model.load_state_dict(ckpt["model"])
+                self.model.to(self.device)
+                self.optimizer = self._make_optimizer(self.model)
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+                self.seconds_before = float(ckpt["seconds"])
+                metrics = [json.loads(line) for line in ckpt["metrics"]]
+                self.reg_states = dict(ckpt.get("regularisers") or {})
+                epoch = int(ckpt["epoch"])
+            except ModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say so, never a traceback
+                raise ModelError(f"{ckpt_path}: unreadable checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
+                                 f"delete it to restart the run from epoch 0") from None
             _atomic_write(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
-            return int(ckpt["epoch"]), metrics
+            return epoch, metrics
         self.model = self._initial_model().to(self.device)
         self._check_model()
         self.optimizer = self._make_optimizer(self.model)
@@ -169,7 +183,8 @@ class Trainer:
         payload = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "layers": describe(self.model),
                    "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                    "optimizer": self.optimizer.state_dict(), "metrics": [json.dumps(m) for m in metrics],
-                   "seconds": seconds, "torch_rng": torch.get_rng_state()}
+                   "seconds": seconds, "torch_rng": torch.get_rng_state(),
+                   "regularisers": {name: reg.state() for name, reg in self.regs.items()}}
         tmp = self.run_dir / "checkpoint.pt.tmp"
         torch.save(payload, tmp)
         os.replace(tmp, self.run_dir / "checkpoint.pt")
@@ -183,10 +198,13 @@ class Trainer:
         self._load_data()
         start, metrics = self._prepare_dir()
         self.nbc_options = NBCOptions(cfg.nbc_neighbours, cfg.nbc_samples, cfg.nbc_steps, cfg.nbc_c,
-                                      cfg.nbc_layer_weights)
+                                      cfg.nbc_layer_weights, cfg.nbc_fraction)
         options = ObjectiveOptions(cfg.pgd_steps, cfg.pgd_step_size, cfg.trades_beta, self.n_classes)
         regs = {name: make_regulariser(name, cfg.weight(name), self.nbc_options)
                 for phase in cfg.phases for name in phase.regs}
+        for name, state in self.reg_states.items():
+            regs[name].load_state({k: v.to(self.device) for k, v in state.items()})
+        self.regs = regs
         seconds = self.seconds_before
         end = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
         for epoch in range(start, end):
@@ -225,10 +243,14 @@ class Trainer:
         for b, idx in enumerate(batches):
             frac = b / len(batches)
             sched = values_at(cfg, epoch, frac)
-            batch = Batch(self.x_train[idx], self.y_train[idx])
+            batch = Batch(self.x_train[idx], self.y_train[idx], idx, len(self.y_train))
+            weights = {name: reg_weight(cfg, name, epoch, frac) for name in regs}
+            for name, reg in regs.items():
+                if weights[name] > 0:
+                    reg.prepare(batch, float(cfg.eps))
             loss, terms = objective.loss(model, batch, sched)
             for name, reg in regs.items():
-                w = reg_weight(cfg, name, epoch, frac)
+                w = weights[name]
                 if w > 0:
                     value = reg.loss(model, batch, float(cfg.eps))
                     loss = loss + w * value
