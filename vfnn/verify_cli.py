@@ -7,12 +7,18 @@ replayed), 2 user error (bad file, unknown or unavailable verifier, spec does no
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from vfnn.errors import ModelError, SpecError, VfnnError
+
+if TYPE_CHECKING:
+    from vfnn.verifiers.result import VerificationResult
 
 
 def _parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -31,58 +37,166 @@ def counterexample_text(x: list[float], y: list[float]) -> str:
     return "(" + "\n".join(lines) + ")\n"
 
 
+class Spinner:
+    """An elapsed-time line on stderr while the tool runs, only when stderr is a terminal (CI logs stay clean)."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, label: str, start: float, timeout: float) -> None:
+        self.label, self.start, self.timeout, self.n = label, start, timeout, 0
+        self.active = sys.stderr.isatty()
+
+    def __call__(self) -> None:
+        if self.active:
+            self.n += 1
+            elapsed = time.monotonic() - self.start
+            frame = self.FRAMES[self.n % len(self.FRAMES)]
+            sys.stderr.write(f"\r{frame} {self.label}: {elapsed:.1f} s of {self.timeout:g} s")
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.active and self.n:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _check_output_path(path: Path | None) -> None:
+    """Refuse a --save-counterexample that can never be written before spending the budget."""
+    if path is not None and path.is_dir():
+        raise VfnnError(f"--save-counterexample {path}: is a directory (give a file name)")
+
+
+def _save(path: Path, result: VerificationResult) -> str | None:
+    """Write the counterexample; the reason it could not be written, or None."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(counterexample_text(result.counterexample_input, result.counterexample_output))
+    except OSError as exc:
+        return f"{exc.filename or path}: {exc.strerror or exc}"
+    return None
+
+
 @click.command("verify")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--verifier", "-v", "verifier_name", default="milp", show_default=True,
               help="verifier name (see `vfnn verifiers`)")
-@click.option("--timeout", "-t", type=float, default=300.0, show_default=True, help="seconds")
+@click.option("--timeout", "-t", type=float, default=300.0, show_default=True,
+              help="seconds for the whole command, start-up included")
 @click.option("--opt", "-o", "opts", multiple=True, metavar="KEY=VALUE",
               help="verifier option (repeatable); `vfnn verifiers --options` lists them")
 @click.option("--bounds", "bound_method", default="crown", show_default=True,
               type=click.Choice(["ibp", "crown", "alpha-crown", "none"]),
               help="vfnn's bound method for the unstable-neuron record (same for every verifier)")
 @click.option("--json", "as_json", is_flag=True, help="print the full result as JSON")
-@click.option("--save-counterexample", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--save-counterexample", type=click.Path(path_type=Path),
               help="write a counterexample in VNN-COMP format here (only when sat)")
 def verify_cmd(model: Path, spec: Path, verifier_name: str, timeout: float, opts: tuple[str, ...],
                bound_method: str, as_json: bool, save_counterexample: Path | None) -> None:
     """Decide whether MODEL (ONNX) satisfies SPEC (VNN-LIB; sat = violated).
 
-    Exit code: 0 unsat, 1 sat, 2 input error, 3 unknown, 4 timeout, 5 verifier error.
+    Exit code: 0 unsat, 1 sat, 2 input error (also: a sat whose counterexample could not be
+    saved, after the verdict), 3 unknown, 4 timeout, 5 verifier error.
     """
-    from vfnn.onnx_io import load_onnx
-    from vfnn.verifiers.registry import get_verifier
-    from vfnn.vnnlib import read_vnnlib
-
-    verifier = get_verifier(verifier_name)
-    options = verifier.resolve_options(_parse_opts(opts))
+    start = time.monotonic()  # the deadline counts from here: start-up is part of the budget
+    options = _parse_opts(opts)
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise VfnnError(f"--timeout must be a positive number of seconds, got {timeout}")
     if not model.is_file():
         raise ModelError(f"{model}: no such file")
     if not spec.is_file():
         raise SpecError(f"{spec}: no such file")
-    net = load_onnx(model)
-    prop = read_vnnlib(spec, n_inputs=net.input_size, n_outputs=net.output_size)
-    result = verifier.verify(model, prop, timeout, options, spec_path=spec,
-                             unstable_method=None if bound_method == "none" else bound_method)
+    _check_output_path(save_counterexample)
+    result = _supervise(model, spec, verifier_name, options, timeout, None if bound_method == "none" else bound_method,
+                        start)
+    not_saved = None
+    if save_counterexample is not None and result.status == "sat":
+        not_saved = _save(save_counterexample, result)
     if as_json:
         click.echo(result.to_json(indent=2))
     else:
-        unstable = "" if result.unstable is None else (
-            f", {result.unstable.unstable}/{result.unstable.neurons} unstable ({result.unstable.method})")
-        tool = "" if result.tool_time is None else f", tool {result.tool_time:.2f}s"
-        line = f"{result.status} [{result.verifier}] in {result.wall_time:.2f}s{tool}{unstable}"
-        if result.status == "sat":
-            where = f"saved to {save_counterexample}" if save_counterexample else "use --save-counterexample F"
-            line += f"; counterexample in case {result.case_index} ({where})"
-        elif result.message:
-            line += f": {result.message}"
-        click.echo(line)
-    # The verdict is printed first, so an unwritable counterexample path cannot lose it.
-    if save_counterexample is not None and result.status == "sat":
-        save_counterexample.parent.mkdir(parents=True, exist_ok=True)
-        save_counterexample.write_text(counterexample_text(result.counterexample_input, result.counterexample_output))
+        click.echo(_verdict_line(result, save_counterexample, not_saved))
+    if not_saved:  # the verdict is printed first, so an unwritable path cannot lose it
+        raise VfnnError(f"counterexample not saved: {not_saved}")
     sys.exit(result.exit_code)
+
+
+def _verify_job(model: Path, spec: Path, verifier_name: str, options: dict[str, str], timeout: float,
+                unstable_method: str | None, deadline: float, scratch: str) -> VerificationResult:
+    """The command's child: everything that imports torch, and the solve (in a child of its own)."""
+    import tempfile
+
+    from vfnn.verifiers.registry import get_verifier
+
+    tempfile.tempdir = scratch  # verify()'s work directory goes where the command can see and remove it
+    verifier = get_verifier(verifier_name)
+    return verifier.verify(model, spec, timeout, verifier.resolve_options(options), unstable_method=unstable_method,
+                           deadline=deadline)
+
+
+def _supervise(model: Path, spec: Path, verifier_name: str, options: dict[str, str], timeout: float,
+               unstable_method: str | None, start: float) -> VerificationResult:
+    """Run :func:`_verify_job` in a child and stop it at the deadline whatever it is doing (importing
+    torch, loading the model, replaying), so that the command ends within timeout + grace + 0.5 s.
+    This process imports no torch: it starts the child at once and exits quickly."""
+    import tempfile
+
+    from vfnn.verifiers.base import STARTED_FILE
+    from vfnn.verifiers.process import allow_plain_fork, run_isolated
+    from vfnn.verifiers.result import VerificationResult
+
+    spinner = Spinner(f"verifying with {verifier_name}", start, timeout)
+    previous = allow_plain_fork()  # neither this process nor its child runs torch code: no fork server needed
+    with tempfile.TemporaryDirectory(prefix="vfnn-verify-") as tmp:
+        args = (model, spec, verifier_name, options, timeout, unstable_method, start + timeout, tmp)
+        try:
+            out = run_isolated(_verify_job, args, limit_s=start + timeout + _grace(options) + 0.5 - time.monotonic(),
+                               workdir=tmp, on_wait=spinner)
+        finally:
+            allow_plain_fork(previous)
+            spinner.clear()
+        started = any(Path(tmp).glob(f"*/{STARTED_FILE}"))
+    if out.kind == "returned":
+        return out.value
+    if out.kind == "raised" and isinstance(out.value, (VfnnError, OSError)):
+        raise out.value  # a user error: one line, exit 2
+    if out.kind == "killed":
+        status, message = ("timeout", "stopped at the command's hard deadline") if started else (
+            "error", f"the solver never started: start-up used the whole {timeout:g} s budget")
+    elif out.kind == "raised":
+        status, message = "error", f"internal error: {type(out.value).__name__}: {out.value}"
+    else:
+        status, message = "error", out.describe_death()
+    return VerificationResult(status, verifier_name, None, dict(options), time.monotonic() - start, None, timeout,
+                              message=message, model_path=str(model), spec_path=str(spec),
+                              tool_stats={} if started else {"solver_started": False})
+
+
+def _grace(options: dict[str, str]) -> float:
+    """The ``grace`` option as the child will read it (a bad value is the child's error to report)."""
+    from vfnn.verifiers.base import COMMON_OPTIONS
+
+    default = next(o.default for o in COMMON_OPTIONS if o.name == "grace")
+    try:
+        return max(0.0, float(options.get("grace", default)))
+    except ValueError:
+        return default
+
+
+def _verdict_line(result: VerificationResult, saved_to: Path | None, not_saved: str | None) -> str:
+    unstable = "" if result.unstable is None else (
+        f", {result.unstable.unstable}/{result.unstable.neurons} unstable ({result.unstable.method})")
+    tool = "" if result.tool_time is None else f", tool {result.tool_time:.2f}s"
+    line = f"{result.status} [{result.verifier}] in {result.wall_time:.2f}s{tool}{unstable}"
+    if result.status == "sat":
+        if saved_to is None:
+            where = "use --save-counterexample F"
+        else:
+            where = "not saved" if not_saved else f"saved to {saved_to}"
+        line += f"; counterexample in case {result.case_index} ({where})"
+    elif result.message:
+        line += f": {result.message}"
+    return line
 
 
 @click.command("verifiers")

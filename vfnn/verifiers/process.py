@@ -62,11 +62,12 @@ class ChildOutcome:
         return f"verifier process {what}" + (f"; output tail: {tail}" if tail else "")
 
 
-def allow_plain_fork(allowed: bool = True) -> None:
+def allow_plain_fork(allowed: bool = True) -> bool:
     """Solve in plain forks of this process (see the module docstring); only for a process that
-    runs no multi-threaded torch code of its own."""
+    runs no multi-threaded torch code of its own.  Returns the previous setting."""
     global _plain_fork
-    _plain_fork = allowed
+    previous, _plain_fork = _plain_fork, allowed
+    return previous
 
 
 def _context() -> multiprocessing.context.BaseContext:
