@@ -9,7 +9,7 @@ from typing import Any
 from vfnn.campaign.analysis import eps_of, group_by, method_of, model_of, status, unstable_layers, wall_time
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +20,7 @@ def _plt() -> Any:
 
 def cactus(records: list[dict[str, Any]], path: Path) -> Path:
     """Number of properties decided (sat or unsat) within t seconds, one step line per verifier."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (verifier,), recs in group_by(records, "verifier").items():
         times = sorted(wall_time(r) for r in recs if status(r) in ("sat", "unsat"))
@@ -45,7 +45,7 @@ def verified_vs_eps(records: list[dict[str, Any]], path: Path) -> Path | None:
     if not recs:
         return None
     key = "method" if all(method_of(r) for r in recs) else "model"
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (who, verifier), group in group_by(recs, key, "verifier").items():
         by_eps: dict[float, list[str]] = defaultdict(list)
@@ -78,7 +78,7 @@ def unstable_per_layer(records: list[dict[str, Any]], path: Path) -> Path | None
     if not recs:
         return None
     eps_values = sorted({eps_of(r) for r in recs}, key=lambda e: (e is None, e or 0.0))[:6]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(eps_values), figsize=(4 * len(eps_values), 3.5), squeeze=False)
     for ax, e in zip(axes[0], eps_values, strict=True):
         groups: dict[str, list[list[int]]] = defaultdict(list)

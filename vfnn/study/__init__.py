@@ -1,0 +1,1 @@
+"""`vfnn study`: declarative, resumable train -> specs -> verify -> report grids (docs/studies.md)."""

@@ -1,0 +1,213 @@
+"""The study report: per dataset x arch x recipe x eps x verifier, training and verification side by side.
+
+Training figures come from each run's ``summary.json``/``metrics.jsonl`` (clean and PGD accuracy
+and CROWN-unstable neurons at the training radius, seconds per epoch); verification figures from
+the campaigns' ``results.jsonl`` (UNSAT/SAT/timeout shares, times, and the unstable-neuron record
+that every result carries, at the property's own radius).  Seeds are pooled.  Written as
+``study.md`` with PNG figures, ``study.csv`` and ``study.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from vfnn import __version__
+from vfnn.campaign.analysis import eps_of, status, unstable_layers, unstable_total, wall_time
+from vfnn.campaign.store import load_records
+from vfnn.study.config import ModelRun, Study
+
+TRAIN_COLUMNS = ("dataset", "arch", "recipe", "seeds", "clean %", "PGD %", "CROWN-verified %", "unstable",
+                 "neurons", "s/epoch", "x ce")
+VERIFY_COLUMNS = ("dataset", "arch", "recipe", "eps", "verifier", "n", "UNSAT %", "SAT %", "decided %", "timeout",
+                  "unknown+error", "mean s", "median s", "unstable", "unstable per layer", "stable %")
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _run_metrics(run: ModelRun) -> dict[str, Any] | None:
+    try:
+        summary = json.loads((run.run_dir / "summary.json").read_text())
+        epochs = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError):
+        return None
+    final = summary.get("final") or {}
+    return {"clean": final.get("clean_acc"), "pgd": final.get("pgd_acc"),
+            "crown": (final.get("verified_acc") or {}).get("crown"),
+            "unstable": (final.get("unstable") or {}).get("total"), "neurons": summary.get("relu_neurons"),
+            "s_epoch": _mean([e["seconds"]["train"] for e in epochs])}
+
+
+def training_rows(study: Study) -> list[dict[str, Any]]:
+    """One row per dataset x arch x recipe: the training-time metrics, means over seeds."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in study.runs:
+        m = _run_metrics(run)
+        if m is not None:
+            groups[(run.dataset, run.arch, run.recipe)].append(m)
+    rows = []
+    for (dataset, arch, recipe), ms in groups.items():
+        row: dict[str, Any] = {"dataset": dataset, "arch": arch, "recipe": recipe, "seeds": len(ms)}
+        for key in ("clean", "pgd", "crown", "unstable", "neurons", "s_epoch"):
+            row[key] = _mean([m[key] for m in ms if m[key] is not None])
+        rows.append(row)
+    for row in rows:
+        ce = next((r for r in rows if r["recipe"] == "ce" and r["dataset"] == row["dataset"]
+                   and r["arch"] == row["arch"]), None)
+        row["x_ce"] = row["s_epoch"] / ce["s_epoch"] if ce and ce["s_epoch"] and row["s_epoch"] else None
+    return rows
+
+
+def _records_by_run(study: Study) -> dict[ModelRun, list[dict[str, Any]]]:
+    from vfnn.study.runner import campaign_dir
+
+    runs = {str((r.run_dir / "model.onnx").resolve()): r for r in study.runs}
+    out: dict[ModelRun, list[dict[str, Any]]] = defaultdict(list)
+    for dataset in study.datasets:
+        path = campaign_dir(study, dataset) / "results.jsonl"
+        if not path.is_file():
+            continue
+        for rec in load_records([path]):
+            run = runs.get(str(Path(rec.get("model_path", "")).resolve()))
+            if run is not None:
+                out[run].append(rec)
+    return out
+
+
+def verification_rows(study: Study) -> tuple[list[dict[str, Any]], dict[tuple, list[dict[str, Any]]]]:
+    """One row per dataset x arch x recipe x eps x verifier (seeds pooled), and the records of each row."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for run, recs in _records_by_run(study).items():
+        for rec in recs:
+            groups[(run.dataset, run.arch, run.recipe, eps_of(rec), rec["verifier"])].append(rec)
+    order = {(r.dataset, r.arch, r.recipe): i for i, r in enumerate(study.runs)}
+    keys = sorted(groups, key=lambda k: (order[k[:3]], k[3] if k[3] is not None else -1, k[4]))
+    rows = []
+    for key in keys:
+        recs = groups[key]
+        n = len(recs)
+        counts = defaultdict(int)
+        for r in recs:
+            counts[status(r)] += 1
+        times = [wall_time(r) for r in recs]
+        layers = [u for r in recs if (u := unstable_layers(r)) is not None]
+        stable = [1 - unstable_total(r) / r["result"]["unstable"]["total_neurons"] for r in recs
+                  if unstable_total(r) is not None and (r["result"]["unstable"] or {}).get("total_neurons")]
+        rows.append({
+            "dataset": key[0], "arch": key[1], "recipe": key[2], "eps": key[3], "verifier": key[4], "n": n,
+            "unsat": counts["unsat"] / n, "sat": counts["sat"] / n, "decided": (counts["unsat"] + counts["sat"]) / n,
+            "timeout": counts["timeout"], "other": counts["unknown"] + counts["error"],
+            "mean_s": statistics.fmean(times), "median_s": statistics.median(times),
+            "unstable": _mean([float(sum(u)) for u in layers]),
+            "unstable_per_layer": [statistics.fmean(col) for col in zip(*layers, strict=True)] if layers else None,
+            "stable": _mean(stable),
+        })
+    return rows, {k: groups[k] for k in keys}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: float | None, fmt: str = ".1f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _train_cells(r: dict[str, Any]) -> list[str]:
+    return [r["dataset"], r["arch"], r["recipe"], str(r["seeds"]), _pct(r["clean"]), _pct(r["pgd"]), _pct(r["crown"]),
+            _num(r["unstable"]), _num(r["neurons"], ".0f"), _num(r["s_epoch"], ".2f"), _num(r["x_ce"], ".2f")]
+
+
+def _verify_cells(r: dict[str, Any]) -> list[str]:
+    per_layer = "-" if r["unstable_per_layer"] is None else "/".join(f"{v:.1f}" for v in r["unstable_per_layer"])
+    return [r["dataset"], r["arch"], r["recipe"], f"{r['eps']:g}" if r["eps"] is not None else "-", r["verifier"],
+            str(r["n"]), _pct(r["unsat"]), _pct(r["sat"]), _pct(r["decided"]), str(r["timeout"]), str(r["other"]),
+            _num(r["mean_s"], ".2f"), _num(r["median_s"], ".2f"), _num(r["unstable"]), per_layer, _pct(r["stable"])]
+
+
+def _md_table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(columns)))
+             + "|"]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def _rich_table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="left" if i < 3 or c == "verifier" else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def write_study_report(study: Study, console: Console) -> Path:
+    """Write OUT/report/{study.md, study.csv, study.json, figures/*.png}; print the tables; return study.md."""
+    from vfnn.study.figures import write_study_figures
+
+    out = study.out / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    train_rows = training_rows(study)
+    verify_rows, groups = verification_rows(study)
+    figures = write_study_figures(study, verify_rows, groups, out / "figures")
+    console.print(_rich_table("Training (at the training eps, on the run's evaluation images)", TRAIN_COLUMNS,
+                              [_train_cells(r) for r in train_rows]))
+    console.print(_rich_table("Verification (per property radius; times in seconds per property)", VERIFY_COLUMNS,
+                              [_verify_cells(r) for r in verify_rows]))
+    with open(out / "study.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([c for c in VERIFY_COLUMNS] + ["clean %", "PGD %", "s/epoch"])
+        by_model = {(r["dataset"], r["arch"], r["recipe"]): r for r in train_rows}
+        for r in verify_rows:
+            t = by_model.get((r["dataset"], r["arch"], r["recipe"]), {})
+            w.writerow(_verify_cells(r) + [_pct(t.get("clean")), _pct(t.get("pgd")), _num(t.get("s_epoch"), ".3f")])
+    (out / "study.json").write_text(json.dumps({"study": str(study.path), "name": study.name, "training": train_rows,
+                                                "verification": verify_rows, "environment": _environment()},
+                                               indent=1) + "\n")
+    path = out / "study.md"
+    path.write_text(_markdown(study, train_rows, verify_rows, figures, out))
+    return path
+
+
+def _environment() -> dict[str, Any]:
+    import torch
+
+    return {"vfnn": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "system": platform.platform(terse=True)}
+
+
+def _markdown(study: Study, train_rows: list[dict], verify_rows: list[dict], figures: list[Path], out: Path) -> str:
+    env = _environment()
+    verifiers = ", ".join(f"{v} ({', '.join(f'{k}={x}' for k, x in o.items()) or 'defaults'})"
+                          for v, o in study.verifiers.items())
+    parts = [
+        f"# Study `{study.name}`", "",
+        f"Study file `{study.path}`; {len(study.runs)} models; {study.per_class} {study.split} images per class; "
+        f"radii {', '.join(f'{r:g}' for r in study.radii)}; verifiers {verifiers}; {study.timeout:g} s per property.",
+        f"vfnn {env['vfnn']}, torch {env['torch']}, Python {env['python']}, {env['machine']}.", "",
+        "## Training", "",
+        "Clean, PGD and CROWN-verified accuracy and CROWN-unstable neurons at the training radius on the run's "
+        "evaluation images; seconds per training epoch and its ratio to the `ce` recipe of the same dataset and "
+        "architecture. Means over seeds.", "",
+        _md_table(TRAIN_COLUMNS, [_train_cells(r) for r in train_rows]), "",
+        "## Verification", "",
+        "Per property radius: UNSAT = verified, SAT = a counterexample that replayed on the ONNX model, decided = "
+        "either; times are the verifier's wall time per property (timeouts count at their full time); unstable = "
+        "vfnn's CROWN count of unstable ReLUs over the property's input box (the same for every verifier), "
+        "stable % = the share of ReLUs that are stable there.", "",
+        _md_table(VERIFY_COLUMNS, [_verify_cells(r) for r in verify_rows]), "",
+    ]
+    if figures:
+        parts += ["## Figures", ""]
+        parts += [f"![{f.stem}]({f.relative_to(out).as_posix()})\n" for f in figures]
+    return "\n".join(parts)
