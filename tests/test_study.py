@@ -36,7 +36,7 @@ method = "ce"
 
 [recipes."ce+nbc"]
 reg = ["nbc"]
-nbc-fraction = 0.5
+nbc-every = 2
 
 [verifiers.milp]
 threads = 1
@@ -64,7 +64,7 @@ def test_plan_is_the_grid_of_train_command_lines(tmp_path: Path) -> None:
     assert [(r.recipe, r.seed) for r in study.runs] == [("ce", 0), ("ce", 1), ("ce+nbc", 0), ("ce+nbc", 1)]
     nbc = study.runs[2]
     assert nbc.argv == ("--dataset", "digits", "--arch", "fc:16x2", "--epochs", "4", "--eval-size", "100",
-                        "--eval-pgd-steps", "3", "--reg", "nbc", "--nbc-fraction", "0.5", "--seed", "0")
+                        "--eval-pgd-steps", "3", "--reg", "nbc", "--nbc-every", "2", "--seed", "0")
     assert nbc.run_dir == tmp_path / "o" / "runs" / "digits" / "fc-16x2" / "ce+nbc" / "s0"
     assert study.verifiers == {"milp": {"threads": 1}} and study.radii == [0.02, 0.05]
 

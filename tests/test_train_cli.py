@@ -26,7 +26,7 @@ def test_help_states_nbc_formula_and_defaults(capsys: pytest.CaptureFixture[str]
     assert code == 0
     assert "-tanh(1 + c * z_ij(x) * z_ij(x'))" in out
     for text in ("--reg NAME[:WEIGHT]", "--schedule", "crown-ibp", "--radii", "--resume", "--nbc-neighbours",
-                 "default weight", "[default: both]"):
+                 "default weight", "[default: persistent]", "--nbc-every"):
         assert text in out, text
 
 

@@ -130,6 +130,16 @@ def test_resume_gives_the_same_result(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_inside_an_nbc_phase_restores_the_persistent_neighbours(tmp_path: Path) -> None:
+    phases = [Phase("ce", ("nbc",), 3)]
+    train(tmp_path, "full", phases)
+    train(tmp_path, "resumed", phases, stop_after=1)
+    ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert ckpt["regularisers"]["nbc"]["offsets"].shape == (1438, 1, 8, 8)
+    train(tmp_path, "resumed", phases, resume=True)
+    assert without_time(metrics(tmp_path / "resumed")) == without_time(metrics(tmp_path / "full"))
+
+
 def test_init_from_onnx_fine_tunes(tmp_path: Path) -> None:
     train(tmp_path, "base", [Phase("ce", (), 6)])
     scratch = train(tmp_path, "scratch", [Phase("ce", ("nbc",), 1)], lr=1e-4)["final"]

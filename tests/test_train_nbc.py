@@ -103,3 +103,40 @@ def test_certified_margin_bounds_are_sound_and_ordered(net: torch.nn.Sequential)
             out = net(uniform_in_ball(x, 0.02, gen))
             assert (lb["crown"] <= out.gather(1, y[:, None]) - out + 1e-5).all()
     assert margin_lower_bounds(net, x, y, 0.02, 10, "crown-ibp").requires_grad
+
+
+def test_persistent_neighbours_stay_in_ball_and_climb_the_disagreement(net: torch.nn.Sequential) -> None:
+    """The training step's own input gradient moves each image's stored neighbour up the NBC loss."""
+    from vfnn.train.objectives import Batch
+    from vfnn.train.regularisers import NBC
+
+    torch.manual_seed(0)
+    x_all = torch.rand(50, 1, 8, 8)
+    reg = NBC("nbc", 1.0, nbc=NBCOptions(neighbours="persistent", every=1))
+    idx = torch.arange(10, 42)
+    batch = Batch(x_all[idx], torch.zeros(32, dtype=torch.long), idx, len(x_all), 0)
+    before = reg.loss(net, batch, 0.1)
+    assert reg.offsets is not None and reg.offsets.shape == (50, 1, 8, 8)
+    stored = reg.offsets.clone()
+    before.backward()
+    moved = reg.offsets
+    assert torch.equal(moved[:10], stored[:10]) and torch.equal(moved[42:], stored[42:])  # only the batch's rows
+    assert not torch.equal(moved[idx], stored[idx]) and moved.abs().max() <= 1.0
+    again = reg.loss(net, Batch(x_all[idx], batch.y, idx, len(x_all), 1), 0.1)
+    assert again > before  # the neighbours now disagree more with their images
+    x_n = (x_all[idx] + 0.1 * moved[idx].float()).clamp(0, 1)
+    assert (x_n - x_all[idx]).abs().max() <= 0.1 + 1e-6
+    assert reg.state()["offsets"].dtype == torch.float16
+    fresh = NBC("nbc", 1.0, nbc=NBCOptions(neighbours="persistent"))
+    fresh.load_state(reg.state())
+    assert torch.equal(fresh.offsets, reg.offsets)
+
+
+def test_nbc_every_k_skips_batches() -> None:
+    from vfnn.train.objectives import Batch
+    from vfnn.train.regularisers import NBC
+
+    reg = NBC("nbc", 1.0, nbc=NBCOptions(every=3))
+    x = torch.zeros(2, 1, 8, 8)
+    active = [reg.active(Batch(x, torch.zeros(2, dtype=torch.long), step=s)) for s in range(7)]
+    assert active == [True, False, False, True, False, False, True]

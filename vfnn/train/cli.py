@@ -30,13 +30,16 @@ term over several radii (Liang et al. 2023).
 \b
 Regularisers (--reg NAME[:WEIGHT], repeatable; weights warm up linearly from 0
 over --reg-warmup epochs, default 1):
-  nbc  (default weight 5)    neuron behaviour consistency (Liu et al. 2025):
+  nbc  (default weight 15)   neuron behaviour consistency (Liu et al. 2025):
        L = sum_i lambda_i * mean_j -tanh(1 + c * z_ij(x) * z_ij(x'))
        z = ReLU inputs of layer i; x' = neighbours in the eps-ball (and [0,1]):
-       --nbc-neighbours uniform (--nbc-samples draws), adversarial
-       (--nbc-steps signed-gradient steps maximising L from a uniform start),
-       or both (default; 1 uniform + 1 adversarial, 3 steps); c = --nbc-c (1);
-       lambda_i = --nbc-layer-weights normalised to sum 1 (lNBC; default equal).
+       --nbc-neighbours persistent (default: one adversarial neighbour per
+       training image, kept across epochs and moved one signed-gradient step
+       by each training step's own input gradient), uniform (--nbc-samples
+       draws), adversarial (--nbc-steps signed-gradient steps maximising L
+       from a uniform start) or both; on every --nbc-every-th batch (4) with
+       that many times the weight; c = --nbc-c (1); lambda_i =
+       --nbc-layer-weights normalised to sum 1 (lNBC; default equal).
   rs   (default weight 0.5)  ReLU stability (Xiao et al. 2019):
        mean over layers and neurons of -tanh(1 + l*u), (l,u) = IBP bounds.
   l1   (default weight 1e-5) sum of |w| over all weight matrices/kernels.
@@ -98,13 +101,13 @@ def _default_out(dataset: str, arch: str, label: str, seed: int) -> Path:
 @click.option("--radii", help="Multi-radius training radii, increasing (e.g. 0.1,0.2,0.3).")
 @click.option("--radius-weights", help="Their weights, strictly decreasing [default: 1,0.5,0.25,..].")
 @click.option("--nbc-neighbours", type=click.Choice(["uniform", "adversarial", "both", "persistent"]),
-              default="both", show_default=True)
+              default="persistent", show_default=True)
 @click.option("--nbc-samples", type=int, default=1, show_default=True, help="Uniform neighbours per input.")
 @click.option("--nbc-steps", type=int, default=3, show_default=True, help="Steps of the adversarial neighbour.")
 @click.option("--nbc-c", type=float, default=1.0, show_default=True, help="c in -tanh(1 + c z(x) z(x')).")
 @click.option("--nbc-layer-weights", help="lNBC: one weight per ReLU layer, e.g. 1,0.5,0.25.")
-@click.option("--nbc-fraction", type=float, default=1.0, show_default=True,
-              help="Share of each batch that gets NBC neighbours.")
+@click.option("--nbc-every", type=int, default=4, show_default=True,
+              help="NBC on every K-th batch only (its weight times K): a K-th of the cost.")
 @click.option("--reg-warmup", type=float, default=1.0, show_default=True, help="Epochs of linear weight warm-up.")
 @click.option("--eval-pgd-steps", type=int, default=20, show_default=True,
               help="Steps of the evaluation attacks (PGD accuracy, adversarial NBC metric).")
@@ -199,7 +202,7 @@ def config_from_options(kw: dict):
         radius_weights=parse_floats(kw["radius_weights"], "--radius-weights"),
         nbc_neighbours=str(kw["nbc_neighbours"]), nbc_samples=int(kw["nbc_samples"]), nbc_steps=int(kw["nbc_steps"]),
         nbc_c=float(kw["nbc_c"]), nbc_layer_weights=parse_floats(kw["nbc_layer_weights"], "--nbc-layer-weights"),
-        nbc_fraction=float(kw["nbc_fraction"]), val_size=int(kw["val_size"]),
+        nbc_every=int(kw["nbc_every"]), val_size=int(kw["val_size"]),
         reg_warmup=float(kw["reg_warmup"]), eval_pgd_steps=int(kw["eval_pgd_steps"]), seed=int(kw["seed"]),
         device=str(kw["device"]), threads=kw["threads"],
     )

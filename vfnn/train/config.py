@@ -118,12 +118,12 @@ class TrainConfig:
     beta_end: float = 0.0
     radii: tuple[float, ...] | None = None
     radius_weights: tuple[float, ...] | None = None
-    nbc_neighbours: str = "both"
+    nbc_neighbours: str = "persistent"
     nbc_samples: int = 1
     nbc_steps: int = 3
     nbc_c: float = 1.0
     nbc_layer_weights: tuple[float, ...] | None = None
-    nbc_fraction: float = 1.0
+    nbc_every: int = 4
     reg_warmup: float = 1.0
     eval_pgd_steps: int = 20
     eval_nbc_samples: int = 4
@@ -178,7 +178,7 @@ class TrainConfig:
                   (self.eval_size >= 1, "--eval-size must be >= 1"),
                   (self.nbc_samples >= 1, "--nbc-samples must be >= 1"),
                   (self.nbc_c > 0, "--nbc-c must be > 0"),
-                  (0 < self.nbc_fraction <= 1, "--nbc-fraction must lie in (0, 1]"),
+                  (self.nbc_every >= 1, "--nbc-every must be >= 1"),
                   (self.val_size >= 0, "--val-size must be >= 0"), (self.pgd_steps >= 1, "--pgd-steps must be >= 1"),
                   (self.reg_warmup >= 0 and self.eps_warmup >= 0, "warm-up lengths must be >= 0"),
                   (self.train_size is None or self.train_size >= 1, "--train-size must be >= 1"),

@@ -52,29 +52,18 @@ def margin_lower_bounds(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, 
 
 @dataclass
 class Batch:
-    """One mini-batch; the clean forward pass (logits and pre-activations) is computed once and shared.
-
-    ``extra`` rows (a regulariser's neighbours, set before the first forward pass) go through the
-    same pass, so one forward and one backward serve both.
-    """
+    """One mini-batch; the clean forward pass (logits and pre-activations) is computed once and shared."""
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor | None = None  # positions of the rows in the training set (for per-image state)
     n_total: int = 0  # size of the training set
-    extra: torch.Tensor | None = None
+    step: int = 0  # optimiser steps before this one in the run
     _clean: tuple[torch.Tensor, list[torch.Tensor]] | None = field(default=None, repr=False)
-    _extra_preacts: list[torch.Tensor] | None = field(default=None, repr=False)
 
     def clean(self, model: nn.Sequential) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self._clean is None:
-            if self.extra is None:
-                self._clean = forward_with_preacts(model, self.x)
-            else:
-                n = len(self.x)
-                logits, pre = forward_with_preacts(model, torch.cat([self.x, self.extra]))
-                self._clean = logits[:n], [p[:n] for p in pre]
-                self._extra_preacts = [p[n:] for p in pre]
+            self._clean = forward_with_preacts(model, self.x)
         return self._clean
 
     def clean_logits(self, model: nn.Sequential) -> torch.Tensor:
@@ -82,13 +71,6 @@ class Batch:
 
     def clean_preacts(self, model: nn.Sequential) -> list[torch.Tensor]:
         return self.clean(model)[1]
-
-    def extra_preacts(self, model: nn.Sequential) -> list[torch.Tensor]:
-        """Pre-activations of the ``extra`` rows."""
-        self.clean(model)
-        if self._extra_preacts is None:
-            raise ValueError("the batch has no extra rows")
-        return self._extra_preacts
 
     @property
     def clean_logits_if_computed(self) -> torch.Tensor | None:

@@ -24,7 +24,6 @@ of the pre-activations over B(x, eps).  L1: sum of |w| over Linear/Conv weights 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -35,25 +34,25 @@ from vfnn.train.models import forward_with_preacts
 from vfnn.train.objectives import Batch, input_box
 
 NEIGHBOUR_KINDS = ("uniform", "adversarial", "both", "persistent")
-DEFAULT_WEIGHTS = {"nbc": 5.0, "rs": 0.5, "l1": 1e-5}
+DEFAULT_WEIGHTS = {"nbc": 15.0, "rs": 0.5, "l1": 1e-5}
 
 
 @dataclass(frozen=True)
 class NBCOptions:
     """How NBC picks neighbours and scales its surrogate (defaults documented in docs/training.md)."""
 
-    neighbours: str = "both"
+    neighbours: str = "persistent"
     samples: int = 1  # uniform samples per input (kinds "uniform" and "both")
     steps: int = 3  # signed-gradient steps of the adversarial neighbour
     c: float = 1.0  # scale inside tanh
     layer_weights: tuple[float, ...] | None = None  # lNBC; None = equal weights
-    fraction: float = 1.0  # share of each batch's rows that get neighbours (the batch is shuffled)
+    every: int = 4  # NBC on every k-th batch only, with k times the weight
 
     def __post_init__(self) -> None:
         if self.neighbours not in NEIGHBOUR_KINDS:
             raise ValueError(f"NBC neighbours must be one of {NEIGHBOUR_KINDS}, not {self.neighbours!r}")
-        if self.samples < 1 or self.steps < 0 or self.c <= 0 or not 0 < self.fraction <= 1:
-            raise ValueError("NBC needs samples >= 1, steps >= 0, c > 0 and a fraction in (0, 1]")
+        if self.samples < 1 or self.steps < 0 or self.c <= 0 or self.every < 1:
+            raise ValueError("NBC needs samples >= 1, steps >= 0, c > 0 and every >= 1")
         if self.layer_weights is not None and (min(self.layer_weights) < 0 or sum(self.layer_weights) <= 0):
             raise ValueError("NBC layer weights must be non-negative with a positive sum")
 
@@ -135,8 +134,9 @@ class Regulariser:
     name: str
     weight: float
 
-    def prepare(self, batch: Batch, eps: float) -> None:
-        """Called before the batch's forward pass: a regulariser may add rows to it (``batch.extra``)."""
+    def active(self, batch: Batch) -> bool:
+        """Whether the penalty is computed on this batch at all."""
+        return True
 
     def loss(self, model: nn.Sequential, batch: Batch, eps: float) -> torch.Tensor:
         raise NotImplementedError
@@ -155,36 +155,31 @@ class NBC(Regulariser):
     # persistent neighbours: offsets u in [-1, 1]^d per training image, neighbour = clip(x + eps * u)
     offsets: torch.Tensor | None = field(default=None, repr=False)
 
+    def active(self, batch: Batch) -> bool:
+        return batch.step % self.nbc.every == 0
+
     def loss(self, model: nn.Sequential, batch: Batch, eps: float) -> torch.Tensor:
         z_x = batch.clean_preacts(model)
         if eps <= 0:
             return z_x[0].new_zeros(())
-        rows = self.rows(batch)
-        z_x = [z[:rows] for z in z_x]
         if self.nbc.neighbours == "persistent":
-            z_n = batch.extra_preacts(model)
+            x_n = self._persistent_neighbours(batch, eps)
         else:
-            _, z_n = forward_with_preacts(model, nbc_neighbours(model, batch.x[:rows], z_x, eps, self.nbc))
-        return nbc_surrogate(z_x, z_n, self.nbc.c, layer_weights(len(z_x), self.nbc.layer_weights))
+            x_n = nbc_neighbours(model, batch.x, z_x, eps, self.nbc)
+        _, z_n = forward_with_preacts(model, x_n)
+        weights = layer_weights(len(z_x), self.nbc.layer_weights)
+        return self.nbc.every * nbc_surrogate(z_x, z_n, self.nbc.c, weights)
 
-    def rows(self, batch: Batch) -> int:
-        """How many of the batch's (shuffled) rows get a neighbour."""
-        return max(1, math.ceil(self.nbc.fraction * len(batch.x)))
-
-    def prepare(self, batch: Batch, eps: float) -> None:
-        if self.nbc.neighbours == "persistent" and eps > 0:
-            batch.extra = self._persistent_neighbours(batch, self.rows(batch), eps)
-
-    def _persistent_neighbours(self, batch: Batch, rows: int, eps: float) -> torch.Tensor:
+    def _persistent_neighbours(self, batch: Batch, eps: float) -> torch.Tensor:
         """The images' stored neighbours; the backward pass moves each offset one step up its gradient."""
         if batch.index is None:
             raise ValueError("persistent NBC neighbours need the batch's training-set indices")
         if self.offsets is None:  # a uniform start, drawn from the (per-epoch seeded) global stream
             shape = (batch.n_total, *batch.x.shape[1:])
             self.offsets = (torch.rand(shape, device=batch.x.device) * 2 - 1).to(torch.float16)
-        idx = batch.index[:rows]
+        idx = batch.index
         u = self.offsets[idx].to(batch.x.dtype)
-        x_n = (batch.x[:rows] + eps * u).clamp(0.0, 1.0).requires_grad_(True)
+        x_n = (batch.x + eps * u).clamp(0.0, 1.0).requires_grad_(True)
 
         def step(grad: torch.Tensor) -> None:  # grad of (CE + w * L_NBC): its sign raises the disagreement
             self.offsets[idx] = (u + grad.sign()).clamp(-1.0, 1.0).to(torch.float16)

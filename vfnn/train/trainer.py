@@ -198,7 +198,7 @@ class Trainer:
         self._load_data()
         start, metrics = self._prepare_dir()
         self.nbc_options = NBCOptions(cfg.nbc_neighbours, cfg.nbc_samples, cfg.nbc_steps, cfg.nbc_c,
-                                      cfg.nbc_layer_weights, cfg.nbc_fraction)
+                                      cfg.nbc_layer_weights, cfg.nbc_every)
         options = ObjectiveOptions(cfg.pgd_steps, cfg.pgd_step_size, cfg.trades_beta, self.n_classes)
         regs = {name: make_regulariser(name, cfg.weight(name), self.nbc_options)
                 for phase in cfg.phases for name in phase.regs}
@@ -243,11 +243,9 @@ class Trainer:
         for b, idx in enumerate(batches):
             frac = b / len(batches)
             sched = values_at(cfg, epoch, frac)
-            batch = Batch(self.x_train[idx], self.y_train[idx], idx, len(self.y_train))
-            weights = {name: reg_weight(cfg, name, epoch, frac) for name in regs}
-            for name, reg in regs.items():
-                if weights[name] > 0:
-                    reg.prepare(batch, float(cfg.eps))
+            batch = Batch(self.x_train[idx], self.y_train[idx], idx, len(self.y_train), epoch * len(batches) + b)
+            weights = {name: reg_weight(cfg, name, epoch, frac) if reg.active(batch) else 0.0
+                       for name, reg in regs.items()}
             loss, terms = objective.loss(model, batch, sched)
             for name, reg in regs.items():
                 w = weights[name]
