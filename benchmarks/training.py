@@ -28,6 +28,8 @@ from vfnn.train.config import Phase, TrainConfig
 from vfnn.train.trainer import Trainer
 
 METHODS = ("ce", "pgd", "trades", "ibp", "crown-ibp", "ce+nbc", "ce+rs")
+# NBC's cost at other settings than the default (persistent neighbours on every 4th batch), timed in the same rounds.
+NBC_VARIANTS = {"ce+nbc every 1": {"nbc_every": 1}, "ce+nbc both": {"nbc_neighbours": "both", "nbc_every": 1}}
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
@@ -37,10 +39,12 @@ def phase(label: str, epochs: int) -> Phase:
 
 
 def run(label: str, epochs: int, args: argparse.Namespace, eval_size: int, workdir: Path, **kw: object) -> list[dict]:
+    kw = {**NBC_VARIANTS.get(label, {}), **kw}
+    recipe = "ce+nbc" if label in NBC_VARIANTS else label
     cfg = TrainConfig(dataset="mnist", data_dir=args.data_dir, download=False, train_size=kw.pop("train_size", None),
-                      eval_size=eval_size, arch="fc:100x3", phases=[phase(label, epochs)], eps=args.eps, seed=args.seed,
-                      eval_pgd_steps=20, **kw)  # type: ignore[arg-type]
-    out = workdir / f"{label}-{epochs}-{eval_size}"
+                      eval_size=eval_size, arch="fc:100x3", phases=[phase(recipe, epochs)], eps=args.eps,
+                      seed=args.seed, eval_pgd_steps=20, **kw)  # type: ignore[arg-type]
+    out = workdir / f"{label.replace(' ', '_')}-{epochs}-{eval_size}"
     Trainer(cfg, out, argv=sys.argv).run()
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -64,15 +68,16 @@ def main() -> None:
         work = Path(tmp)
         print(f"\n## seconds per training epoch ({args.timing_subset} images, batch 128, "
               f"median of {args.timing_rounds} round-robin rounds)")
-        samples: dict[str, list[float]] = {label: [] for label in METHODS}
+        timed = (*METHODS, *NBC_VARIANTS)
+        samples: dict[str, list[float]] = {label: [] for label in timed}
         for r in range(args.timing_rounds):
-            for label in METHODS:
+            for label in timed:
                 ms = run(label, 1, args, 100, work / f"round{r}", train_size=args.timing_subset, eps_rampup=1.0)
                 samples[label].append(ms[0]["seconds"]["train"])
         times = {label: statistics.median(v) for label, v in samples.items()}
-        print(f"{'method':<10} {'s/epoch':>8} {'x ce':>6}")
-        for label in METHODS:
-            print(f"{label:<10} {times[label]:8.2f} {times[label] / times['ce']:6.2f}")
+        print(f"{'method':<16} {'s/epoch':>8} {'x ce':>6}")
+        for label in timed:
+            print(f"{label:<16} {times[label]:8.2f} {times[label] / times['ce']:6.2f}")
         if args.skip_results:
             return
         size = "all 60000" if args.train_size is None else str(args.train_size)

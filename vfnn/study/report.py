@@ -187,14 +187,19 @@ def _environment() -> dict[str, Any]:
 
 
 def _markdown(study: Study, train_rows: list[dict], verify_rows: list[dict], figures: list[Path], out: Path) -> str:
+    from vfnn.study.runner import phase_seconds
+
     env = _environment()
+    seconds = phase_seconds(study)
+    times = ", ".join(f"{p} {s / 60:.1f} min" for p, s in seconds.items())
     verifiers = ", ".join(f"{v} ({', '.join(f'{k}={x}' for k, x in o.items()) or 'defaults'})"
                           for v, o in study.verifiers.items())
     parts = [
         f"# Study `{study.name}`", "",
         f"Study file `{study.path}`; {len(study.runs)} models; {study.per_class} {study.split} images per class; "
         f"radii {', '.join(f'{r:g}' for r in study.radii)}; verifiers {verifiers}; {study.timeout:g} s per property.",
-        f"vfnn {env['vfnn']}, torch {env['torch']}, Python {env['python']}, {env['machine']}.", "",
+        f"vfnn {env['vfnn']}, torch {env['torch']}, Python {env['python']}, {env['machine']}."
+        + (f" Wall time (summed over invocations): {times}." if times else ""), "",
         "## Training", "",
         "Clean, PGD and CROWN-verified accuracy and CROWN-unstable neurons at the training radius on the run's "
         "evaluation images; seconds per training epoch and its ratio to the `ce` recipe of the same dataset and "

@@ -19,7 +19,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,14 +48,18 @@ def run_study(study: Study, console: Console, phases: tuple[str, ...] = PHASES, 
     study.out.mkdir(parents=True, exist_ok=True)
     trained, reused = 0, 0
     if "train" in phases:
-        trained, reused = _train_all(study, console, show_progress)
+        with _timed(study, "train"):
+            trained, reused = _train_all(study, console, show_progress)
     missing = [r for r in study.runs if not (r.run_dir / "model.onnx").is_file()]
     if missing and any(p in phases for p in ("specs", "verify")):
         raise StudyError(f"{missing[0].label}: not trained yet ({missing[0].run_dir}); run the train phase first")
     if "specs" in phases:
-        _write_specs(study, console)
+        with _timed(study, "specs"):
+            _write_specs(study, console)
     if "verify" in phases:
-        if _verify(study, console, show_progress):
+        with _timed(study, "verify"):
+            interrupted = _verify(study, console, show_progress)
+        if interrupted:
             return StudyOutcome(trained, reused, None, interrupted=True)
     report = None
     if "report" in phases:
@@ -60,6 +67,35 @@ def run_study(study: Study, console: Console, phases: tuple[str, ...] = PHASES, 
 
         report = write_study_report(study, console)
     return StudyOutcome(trained, reused, report)
+
+
+TIMES = "times.jsonl"
+
+
+@contextmanager
+def _timed(study: Study, phase: str) -> Iterator[None]:
+    """Append the phase's wall time to OUT/times.jsonl when it ends (the report sums them over invocations)."""
+    t0 = time.perf_counter()
+    yield
+    with open(study.out / TIMES, "a") as f:
+        f.write(json.dumps({"phase": phase, "seconds": round(time.perf_counter() - t0, 3),
+                            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+
+
+def phase_seconds(study: Study) -> dict[str, float]:
+    """Wall seconds per phase, summed over every invocation that finished it (a killed one counts nothing)."""
+    out: dict[str, float] = {}
+    try:
+        lines = (study.out / TIMES).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            out[rec["phase"]] = out.get(rec["phase"], 0.0) + float(rec["seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 def _train_all(study: Study, console: Console, show_progress: bool) -> tuple[int, int]:

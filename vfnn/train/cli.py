@@ -133,7 +133,9 @@ def train(ctx: click.Context, **kw: object) -> None:
     if out.exists() and any((out / f).exists() for f in ("config.json", "checkpoint.pt")):
         if not kw["overwrite"]:
             raise TrainConfigError(f"{out} already holds a run; use --resume {out} to continue it or --overwrite")
-        for f in ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "model.onnx", "summary.json"):
+        from vfnn.train.trainer import RUN_FILES
+
+        for f in RUN_FILES:
             (out / f).unlink(missing_ok=True)
     _run(cfg, out, resume=False, quiet=bool(kw["quiet"]), argv=command_line(ctx))
 
@@ -251,7 +253,7 @@ def _run(cfg, out: Path, resume: bool, quiet: bool, argv: list[str]) -> None:
         if not quiet:
             console.print(message, markup=False, highlight=False, soft_wrap=True)
 
-    trainer = Trainer(cfg, out, resume=resume, quiet=quiet, argv=argv, log=log)
+    trainer = Trainer(cfg, out, resume=resume, argv=argv, log=log)
     if not quiet:
         phases = ", ".join(f"{p.label}:{p.epochs}" for p in cfg.phases)
         log(f"training {'(resumed) ' if resume else ''}-> {out}  [{phases}] eps={cfg.eps} device={trainer.device}")

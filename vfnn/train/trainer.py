@@ -79,12 +79,11 @@ def _atomic_write(path: Path, text: str) -> None:
 class Trainer:
     """One run: ``Trainer(cfg, run_dir).run()``; ``resume=True`` continues from ``checkpoint.pt``."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                  argv: list[str] | None = None, log: Callable[[str], None] | None = None):
         self.cfg = cfg.validate()
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.quiet = quiet
         self.argv = argv if argv is not None else list(sys.argv)
         self.log = log or (lambda msg: None)
         self.device = resolve_device(cfg.device)
