@@ -3,31 +3,57 @@
 from __future__ import annotations
 
 import json
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from vfnn.errors import ModelError
+
+if TYPE_CHECKING:
+    from vfnn.network import Network
+
 
 @click.command("stats")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path())  # checked by input_file: one line, not click's usage block
+@click.argument("spec", type=click.Path())
 @click.option("--bounds", "method", type=click.Choice(["ibp", "crown", "alpha-crown"]), default="crown",
               show_default=True, help="Bound method for the pre-activation and output bounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the UnstableRecord as JSON instead of a table.")
 def stats(model: str, spec: str, method: str, as_json: bool) -> None:
     """Per ReLU layer: unstable (l < 0 < u), always-active and always-inactive neurons of MODEL
     (ONNX) over the input region of SPEC (VNN-LIB), and bounds of SPEC's output constraints."""
-    from vfnn.onnx_io import load_onnx
     from vfnn.stats import unstable_record
-    from vfnn.vnnlib import read_vnnlib
+    from vfnn.vnnlib import input_file, read_vnnlib
 
-    net = load_onnx(model)
-    prop = read_vnnlib(spec)
+    model_path, spec_path = input_file(model, "the ONNX model"), input_file(spec, "the VNN-LIB spec")
+    net = _load_model(model_path)
+    prop = read_vnnlib(spec_path)
     prop.check_fits(net.input_size, net.output_size, model)
     record = unstable_record(net, prop, method)
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2))
         return
     _print_tables(record, prop, model, spec)
+
+
+def _load_model(path: Path) -> Network:
+    """The ONNX model at ``path``; a FIFO is read through ``read_bytes``, which gives up on a pipe
+    that nobody writes to instead of blocking forever."""
+    from vfnn.onnx_io import load_onnx, network_from_onnx
+    from vfnn.vnnlib import read_bytes
+
+    if not stat.S_ISFIFO(path.stat().st_mode):
+        return load_onnx(path)
+    import onnx
+
+    data = read_bytes(path, ModelError)
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises several unrelated types for corrupt input
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    return network_from_onnx(model, name=path.stem, where=str(path))
 
 
 def _print_tables(record, prop, model: str, spec: str) -> None:  # noqa: ANN001 - rich types stay local

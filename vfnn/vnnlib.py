@@ -406,6 +406,17 @@ def _read_v2(name: str, text: str) -> Spec:
     return _build(dnfs, nx, ny, err, [None] * nx, name)
 
 
+def input_file(path: str | Path, what: str) -> Path:
+    """``path`` as an input file: missing or a folder is one line (a VfnnError) instead of click's
+    usage block; anything else that exists passes, FIFOs and ``<(cmd)`` included."""
+    p = Path(path)
+    if p.is_dir():
+        raise VfnnError(f"{p}: is a folder, not {what}")
+    if not p.exists():
+        raise VfnnError(f"{p}: no such file ({what})")
+    return p
+
+
 def read_bytes(path: Path, error: type[VfnnError] = SpecError) -> bytes:
     """A file's bytes; a FIFO (also ``<(cmd)``) is read once to its end, and one that nobody
     writes to within ``FIFO_WAIT`` seconds is an ``error`` rather than a hang."""
