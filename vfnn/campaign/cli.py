@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
+from vfnn.campaign.instances import Instance
 from vfnn.errors import VfnnError
 
 
@@ -26,14 +28,14 @@ def _floats(text: str) -> list[float]:
 @click.option("--dataset", default="mnist", show_default=True, help="mnist, fashion-mnist, cifar10 or digits.")
 @click.option("--per-class", "per_class", type=int, required=True, help="Images per class (K).")
 @click.option("--eps", "eps", required=True, help="Comma-separated L-infinity radii, e.g. 0.02,0.05,0.1.")
-@click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--model", "models", multiple=True, type=click.Path(),
               help="ONNX model for the instances.csv onnx column (repeatable: one row per model and spec).")
 @click.option("--correct-only", is_flag=True, help="Only images that every --model classifies correctly.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds, the instances.csv column.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "train"]))
 @click.option("--seed", type=int, default=None, help="Choose images in a seeded random order (default: dataset order).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset folder (default $VFNN_DATA).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--data-dir", type=click.Path(), default=None, help="Dataset folder (default $VFNN_DATA).")
+@click.option("--out", "out", required=True, type=click.Path(), help="Output folder.")
 def specs_cmd(dataset: str, per_class: int, eps: str, models: tuple[str, ...], correct_only: bool, timeout: float,
               split: str, seed: int | None, data_dir: str | None, out: str) -> None:
     """Write local-robustness specs for K images per class (VNN-LIB + instances.csv + specs.json).
@@ -44,6 +46,10 @@ def specs_cmd(dataset: str, per_class: int, eps: str, models: tuple[str, ...], c
     """
     from vfnn.campaign.specgen import generate_specs
 
+    for m in models:
+        _out_file(m, "--model")
+    _folder(data_dir, "--data-dir")
+    _folder(out, "--out")
     s = generate_specs(dataset, per_class, _floats(eps), out, list(models), correct_only, timeout, split, seed,
                        data_dir)
     click.echo(f"wrote {s.n_specs} specs for {s.n_images} images to {s.out / 'vnnlib'}")
@@ -55,6 +61,20 @@ def specs_cmd(dataset: str, per_class: int, eps: str, models: tuple[str, ...], c
         click.echo(f"skipped {s.skipped_misclassified} misclassified images")
     for c, k in s.short_classes.items():
         click.echo(f"warning: class {c} has only {k} usable images (asked for {per_class})", err=True)
+
+
+def _folder(path: str | None, option: str) -> str | None:
+    """An output folder: an existing file there is one line (exit 2), not click's usage block."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise VfnnError(f"{option} {path}: is a file, expected a folder")
+    return path
+
+
+def _out_file(path: str | None, option: str) -> str | None:
+    """An output file: an existing folder there is one line (exit 2), not click's usage block."""
+    if path is not None and Path(path).is_dir():
+        raise VfnnError(f"{option} {path}: is a folder, expected a file name")
+    return path
 
 
 def _options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -69,9 +89,9 @@ def _options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
 
 
 @click.command("bench")
-@click.argument("instances", type=click.Path(dir_okay=False))
+@click.argument("instances", type=click.Path())
 @click.option("--verifier", "-v", "verifiers", multiple=True, required=True, help="Verifier name (repeatable).")
-@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Campaign folder.")
+@click.option("--out", "-o", "out", required=True, type=click.Path(), help="Campaign folder.")
 @click.option("--timeout", type=float, default=None, help="Seconds per job (default: the instances.csv column).")
 @click.option("--jobs", "-j", type=int, default=None,
               help="Jobs at a time: worker processes (default 1); with --dask, tasks in flight (default: its threads).")
@@ -93,28 +113,67 @@ def bench_cmd(instances: str, verifiers: tuple[str, ...], out: str, timeout: flo
     fsynced); running the same command again skips the jobs already there.  Also writes
     OUT/<verifier>/results.csv in VNN-COMP format (and OUT/results.csv for a single verifier).
     """
+    from vfnn.campaign.instances import read_instances
     from vfnn.campaign.runner import run_campaign
+    from vfnn.vnnlib import input_file
 
-    console = Console(stderr=True)
+    _folder(out, "--out")
+    rows = read_instances(input_file(instances, "the instances csv"), category)  # unreadable: exit 2 up front
+    console = _console()
     s = run_campaign(instances, list(verifiers), out, jobs=jobs, timeout=timeout, portfolio=portfolio, dask=dask,
                      options=_options(option_items), rerun=tuple(rerun), category=category, console=console,
-                     show_progress=not quiet)
+                     show_progress=not quiet and console.is_terminal)
     c = s.counts
     line = (f"{s.ran} jobs run ({s.already_done} already done): {c['unsat']} verified, {c['sat']} falsified, "
             f"{c['timeout']} timeout, {c['unknown']} unknown, {c['error']} error in {s.wall_time:.1f} s")
-    if s.ran and s.workers:
-        overhead = max(0.0, s.wall_time * s.workers - s.solve_time) / s.ran
-        line += f" (campaign overhead ~{overhead:.2f} s/job)"
+    overhead = campaign_overhead(s.wall_time, s.solve_time, s.ran, s.workers)
+    if overhead is not None:
+        line += f" (start-up and scheduling ~{overhead:.2f} s/job)"
     click.echo(line)
     click.echo(f"results: {s.results}")
+    _list_bad_rows(rows, Path(instances).name)
     if s.interrupted:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
 
 
+def _console() -> Console:
+    """stderr's console; without a terminal (a CI log, a pipe) plain lines: no wrapping at 80
+    columns, no progress bar whose redraws would be cut ("0:… ETA 0:0…")."""
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def campaign_overhead(wall: float, solve: float, ran: int, workers: int | None) -> float | None:
+    """Seconds per job that the workers holding a job spent not solving: wall time x the workers
+    that had something to do (never more than the jobs run), minus the verifiers' time."""
+    if not ran or not workers:
+        return None
+    return max(0.0, wall * min(workers, ran) - solve) / ran
+
+
+def _missing_file(inst: Instance, csv_name: str) -> str | None:
+    for what, path in (("model", inst.model_path), ("spec", inst.spec_path)):
+        if not path.exists():
+            return f"{csv_name} line {inst.row}: {what} file not found: {path}"
+    return None
+
+
+def _list_bad_rows(rows: list[Instance], csv_name: str, limit: int = 20) -> None:
+    """The rows that could not run (recorded as ``error``), so a broken csv is not a silent exit 0."""
+    bad = [why for r in rows if (why := r.problem or _missing_file(r, csv_name))]
+    if not bad:
+        return
+    click.echo(f"warning: {len(bad)} row(s) of the instances file could not run (recorded as error):", err=True)
+    for why in bad[:limit]:
+        click.echo(f"  {why}", err=True)
+    if len(bad) > limit:
+        click.echo(f"  ... and {len(bad) - limit} more", err=True)
+
+
 @click.command("report")
-@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "-o", "out", type=click.Path(file_okay=False), default=None,
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", "out", type=click.Path(), default=None,
               help="Write report.md and figures/*.png here.")
 @click.option("--no-replay", is_flag=True, help="Do not replay counterexamples of disagreeing properties.")
 def report_cmd(results: tuple[str, ...], out: str | None, no_replay: bool) -> None:
@@ -125,8 +184,10 @@ def report_cmd(results: tuple[str, ...], out: str | None, no_replay: bool) -> No
     from vfnn.campaign.figures import write_figures
     from vfnn.campaign.report import build_report, print_report, write_markdown
     from vfnn.campaign.store import load_records
+    from vfnn.vnnlib import input_file
 
-    records = load_records(list(results))
+    _folder(out, "--out")
+    records = load_records([input_file(r, "a results.jsonl") for r in results])
     if not records:
         raise VfnnError(f"{', '.join(results)}: no results")
     rep = build_report(records, replay=not no_replay)
@@ -141,39 +202,68 @@ def report_cmd(results: tuple[str, ...], out: str | None, no_replay: bool) -> No
         sys.exit(1)
 
 
+_LIMITS = {  # option: (minimum, maximum, what a value means)
+    "--min-verified": (0.0, 1.0, "a fraction of the properties, 0..1 (0.9 = 90%)"),
+    "--max-timeouts": (0, None, "a count of properties, >= 0"),
+    "--max-errors": (0, None, "a count of properties, >= 0"),
+    "--max-falsified": (0, None, "a count of properties, >= 0"),
+    "--max-unknown": (0, None, "a count of properties, >= 0"),
+    "--max-mean-time": (0.0, None, "seconds, a finite number >= 0"),
+}
+
+
+def _check_limits(values: dict[str, float | int | None]) -> None:
+    """Every given limit in range, and at least one given: a gate that checks nothing must not pass."""
+    for option, value in values.items():
+        lo, hi, what = _LIMITS[option]
+        if value is not None and not (math.isfinite(value) and lo <= value and (hi is None or value <= hi)):
+            raise VfnnError(f"{option} {value:g}: expected {what}")
+    if all(v is None for v in values.values()):
+        raise VfnnError(f"no threshold given, so there is nothing to gate on: use {', '.join(_LIMITS)}")
+
+
 @click.command("gate")
-@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("results", nargs=-1, required=True, type=click.Path())
 @click.option("--min-verified", type=float, default=None, help="Minimum verified fraction of properties (0..1).")
-@click.option("--max-timeouts", type=click.IntRange(min=0), default=None, help="Timeouts allowed.")
-@click.option("--max-errors", type=click.IntRange(min=0), default=None,
-              help="Errors (and missing properties with --instances).")
-@click.option("--max-falsified", type=click.IntRange(min=0), default=None, help="Falsified properties allowed.")
-@click.option("--max-unknown", type=click.IntRange(min=0), default=None, help="Unknown results allowed.")
-@click.option("--max-mean-time", type=float, default=None, help="Seconds, mean over properties.")
+@click.option("--max-timeouts", type=int, default=None, help="Timeouts allowed (>= 0).")
+@click.option("--max-errors", type=int, default=None,
+              help="Errors allowed (>= 0), missing properties with --instances included.")
+@click.option("--max-falsified", type=int, default=None, help="Falsified properties allowed (>= 0).")
+@click.option("--max-unknown", type=int, default=None, help="Unknown results allowed (>= 0).")
+@click.option("--max-mean-time", type=float, default=None, help="Seconds (>= 0), mean over properties.")
 @click.option("--verifier", default=None, help="Gate on this verifier's results only.")
-@click.option("--instances", type=click.Path(dir_okay=False), default=None,
-              help="instances.csv: properties without a result count as errors.")
-@click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Write JUnit XML here.")
+@click.option("--instances", type=click.Path(), default=None,
+              help="instances.csv: only its properties count, and each one without a result fails the gate.")
+@click.option("--junit", type=click.Path(), default=None, help="Write JUnit XML here.")
 def gate_cmd(results: tuple[str, ...], min_verified: float | None, max_timeouts: int | None, max_errors: int | None,
              max_falsified: int | None, max_unknown: int | None, max_mean_time: float | None, verifier: str | None,
              instances: str | None, junit: str | None) -> None:
-    """Exit 0 when every threshold holds, 1 otherwise (saying which failed and by how much)."""
-    from vfnn.campaign.gate import Thresholds, evaluate, junit_xml
-    from vfnn.campaign.store import load_records
+    """Exit 0 when every threshold holds, 1 otherwise (saying which failed and by how much).
 
-    if min_verified is not None and not 0.0 <= min_verified <= 1.0:
-        raise click.BadParameter("a fraction between 0 and 1 (0.9 = 90%)", param_hint="--min-verified")
+    At least one threshold is required.  A results file whose last line is cut off (a campaign
+    killed while writing) fails the gate: that job is not counted.
+    """
+    from vfnn.campaign.gate import Thresholds, evaluate, junit_xml, truncated_tail
+    from vfnn.campaign.store import load_records
+    from vfnn.vnnlib import input_file
+
+    _check_limits({"--min-verified": min_verified, "--max-timeouts": max_timeouts, "--max-errors": max_errors,
+                   "--max-falsified": max_falsified, "--max-unknown": max_unknown, "--max-mean-time": max_mean_time})
+    paths = [input_file(r, "a results.jsonl") for r in results]
+    csv_path = input_file(instances, "the instances csv") if instances else None
+    _out_file(junit, "--junit")
     th = Thresholds(min_verified, max_timeouts, max_mean_time, max_errors, max_falsified, max_unknown)
-    outcome = evaluate(load_records(list(results)), th, verifier, Path(instances) if instances else None)
+    cut = [c for c in map(truncated_tail, paths) if c is not None]
+    outcome = evaluate(load_records(paths), th, verifier, csv_path, cut)
     c = outcome.counts
     click.echo(f"{len(outcome.props)} properties: {c.get('unsat', 0)} verified, {c.get('sat', 0)} falsified, "
                f"{c.get('timeout', 0)} timeout, {c.get('unknown', 0)} unknown, {c.get('error', 0)} error"
                + (f", {c['missing']} missing" if c.get("missing") else "")
                + (f", {c['disagreement']} DISAGREEMENT" if c.get("disagreement") else ""))
+    if outcome.ignored:
+        click.echo(f"ignored: results of {outcome.ignored} properties that {instances} does not list")
     for chk in outcome.checks:
         click.echo(f"{'PASS' if chk.ok else 'FAIL'} {chk.name}: {chk.message}")
-    if not outcome.checks:
-        click.echo("no thresholds given: nothing to check")
     click.echo("gate: passed" if outcome.passed else "gate: FAILED")
     if junit:
         click.echo(f"junit: {junit_xml(outcome, Path(junit))}")

@@ -15,6 +15,7 @@ falsified = ``<failure>``; timeout, unknown, error, missing and disagreement = `
 from __future__ import annotations
 
 import math
+import re
 import socket
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -23,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vfnn.campaign.analysis import Property, eps_of, properties
-from vfnn.campaign.instances import read_instances
+from vfnn.campaign.analysis import Property, eps_of, instance_of, properties
+from vfnn.campaign.instances import Instance, read_instances
 
 
 @dataclass(frozen=True)
@@ -49,21 +50,61 @@ class GateOutcome:
     props: list[Property]
     counts: dict[str, int]
     checks: list[Check]
+    ignored: int = 0  # properties with results that --instances does not list
 
     @property
     def passed(self) -> bool:
         return all(c.ok for c in self.checks)
 
 
-def missing_properties(instances_csv: Path, props: list[Property]) -> list[Property]:
+def truncated_tail(path: Path) -> Check | None:
+    """A failing check when ``path`` ends in a line without a newline: a write cut short (the
+    campaign was killed), which the readers skip, so that job is not counted."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - (1 << 16)))
+        tail = f.read()
+    if not tail or tail.endswith(b"\n"):
+        return None
+    frag = tail.rsplit(b"\n", 1)[-1]
+    key = re.search(rb'"key"\s*:\s*"([^"]*)"', frag)
+    what = f"job {key[1].decode(errors='replace')}" if key else f"starts {frag[:40].decode(errors='replace')!r}"
+    return Check("complete", False, f"{path}: the last line is cut off ({len(frag)} bytes, {what}) and not counted: "
+                                    "the campaign stopped while writing it; run the same vfnn bench again to finish")
+
+
+def _rows(instances: list[Instance]) -> dict[str, Instance]:
+    """The csv's properties by identity, first row of each."""
+    out: dict[str, Instance] = {}
+    for inst in instances:
+        out.setdefault(inst.ident, inst)
+    return out
+
+
+def restrict(records: list[dict[str, Any]], rows: dict[str, Instance]) -> tuple[list[dict[str, Any]], int]:
+    """The records of the csv's properties, renamed to the csv's ``onnx::vnnlib``, and how many other
+    properties were dropped.  A record matches by ``onnx::vnnlib`` or by its resolved file paths (the
+    same files named from another folder)."""
+    by_paths = {(str(i.model_path), str(i.spec_path)): i for i in rows.values()}
+    kept, other = [], set()
+    for rec in records:
+        inst = rows.get(instance_of(rec)) if "onnx" in rec and "vnnlib" in rec else None
+        inst = inst or by_paths.get((rec.get("model_path"), rec.get("spec_path")))
+        if inst is None:
+            other.add(instance_of(rec) if "onnx" in rec and "vnnlib" in rec else rec.get("key"))
+        else:
+            kept.append({**rec, "onnx": inst.onnx, "vnnlib": inst.vnnlib})
+    return kept, len(other)
+
+
+def missing_properties(rows: dict[str, Instance], props: list[Property]) -> list[Property]:
     have = {p.instance for p in props}
     out = []
-    for inst in read_instances(instances_csv):
-        if inst.ident not in have:
-            have.add(inst.ident)
+    for ident, inst in rows.items():
+        if ident not in have:
             rec = {"onnx": inst.onnx, "vnnlib": inst.vnnlib, "verifier": "-", "model": {"name": Path(inst.onnx).stem},
                    "result": {"status": "error", "wall_time": 0.0, "message": "no result in the campaign"}}
-            out.append(Property(inst.ident, "missing", 0.0, (rec,)))
+            out.append(Property(ident, "missing", 0.0, (rec,)))
     return out
 
 
@@ -72,21 +113,32 @@ def evaluate(
     th: Thresholds,
     verifier: str | None = None,
     instances_csv: Path | None = None,
+    checks: list[Check] | None = None,
 ) -> GateOutcome:
+    """Judge the properties against ``th``; with ``instances_csv`` only its rows count and each one
+    without a result fails the gate.  ``checks`` (e.g. :func:`truncated_tail`) come first."""
     if verifier is not None:
-        records = [r for r in records if r["verifier"] == verifier]
-    props = properties(records)
+        records = [r for r in records if r.get("verifier") == verifier]
+    rows, ignored = None, 0
     if instances_csv is not None:
-        props += missing_properties(instances_csv, props)
+        rows = _rows(read_instances(instances_csv))
+        records, ignored = restrict(records, rows)
+    props = properties(records)
+    missing = missing_properties(rows, props) if rows is not None else []
+    props += missing
+    checks = list(checks or [])
     counts: dict[str, int] = defaultdict(int)
     for p in props:
         counts[p.status] += 1
     n = len(props)
-    checks: list[Check] = []
     if n == 0:
         which = f" for verifier {verifier}" if verifier else ""
         checks.append(Check("results", False, f"no results to gate on{which}"))
-        return GateOutcome(props, dict(counts), checks)
+        return GateOutcome(props, dict(counts), checks, ignored)
+    if missing:
+        names = ", ".join(p.instance for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        checks.append(Check("missing", False, f"{len(missing)} of {n} properties of {instances_csv} have no result "
+                                              f"({names})"))
     if counts["disagreement"]:
         checks.append(Check("disagreements", False, f"{counts['disagreement']} properties have both sat and unsat "
                                                     "answers: a verifier is unsound (run vfnn report)"))
@@ -117,7 +169,7 @@ def evaluate(
         limit_s = th.max_mean_time
         checks.append(Check("max-mean-time", ok, f"mean time {mean:.3f} s " + (
             f"<= {limit_s:g} s" if ok else f"> {limit_s:g} s (over by {mean - limit_s:.3f} s)")))
-    return GateOutcome(props, dict(counts), checks)
+    return GateOutcome(props, dict(counts), checks, ignored)
 
 
 def junit_xml(outcome: GateOutcome, path: Path, suite_name: str = "vfnn gate") -> Path:

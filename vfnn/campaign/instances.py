@@ -1,9 +1,10 @@
 """VNN-COMP ``instances.csv`` files: one ``onnx,vnnlib,timeout`` row per property.
 
 VNN-COMP writes no header and gives both paths relative to the directory that holds the csv
-(the benchmark folder).  vfnn reads the same files, tolerates a header row, blank lines and
-``#`` comments, and never fails on a bad row: the row becomes an :class:`Instance` with a
-``problem`` that the campaign records as an ``error`` result, so the rest of the campaign runs.
+(the benchmark folder).  vfnn reads the same files, tolerates a header row, a byte-order mark,
+blank lines and ``#`` comments, and never fails on a bad row: the row becomes an :class:`Instance`
+with a ``problem`` that the campaign records as an ``error`` result, so the rest of the campaign
+runs.  A file that is not UTF-8 text, or has no usable row at all, is an error up front.
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ def read_instances(path: str | Path, category: str | None = None) -> list[Instan
     """Every row of a VNN-COMP ``instances.csv``; ``category`` defaults to the csv's folder name."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: spreadsheets write a byte-order mark
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the instances file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise SpecError(f"{path}:{line}: not a text (UTF-8) instances file: byte {exc.object[exc.start]:#04x} "
+                        f"at offset {exc.start}") from None
     root = path.resolve().parent
     cat = category or root.name
     out: list[Instance] = []
@@ -67,6 +72,8 @@ def read_instances(path: str | Path, category: str | None = None) -> list[Instan
         out.append(_parse_row(cells, root, cat, lineno, path))
     if not out:
         raise SpecError(f"{path}: no instances (expected rows 'onnx,vnnlib,timeout')")
+    if all(i.problem for i in out):  # not one usable row: the wrong file, not a few bad rows
+        raise SpecError(f"{path}: none of its {len(out)} rows is usable; the first: {out[0].problem}")
     return out
 
 
