@@ -4,8 +4,9 @@ The gate judges *properties* (instances), not jobs: with several verifiers, a pr
 verified when some verifier proved it, falsified when some verifier found a (replayed)
 counterexample; both at once is a ``disagreement`` and always fails the gate.  Otherwise its
 status is timeout, then unknown, then error.  ``--verifier`` restricts the gate to one verifier's
-records.  With ``--instances``, properties of that csv without any result count as ``missing``
-(an interrupted campaign cannot pass by accident).
+records.  With ``--instances`` only that csv's properties count, and each one without a result
+is ``missing`` and fails the gate; a results file with a cut-off last line fails it too: the gate
+never passes on results it did not see.
 
 JUnit mapping (one testcase per property, one testsuite per model): verified = pass;
 falsified = ``<failure>``; timeout, unknown, error, missing and disagreement = ``<error type=...>``
@@ -88,10 +89,10 @@ def restrict(records: list[dict[str, Any]], rows: dict[str, Instance]) -> tuple[
     by_paths = {(str(i.model_path), str(i.spec_path)): i for i in rows.values()}
     kept, other = [], set()
     for rec in records:
-        inst = rows.get(instance_of(rec)) if "onnx" in rec and "vnnlib" in rec else None
-        inst = inst or by_paths.get((rec.get("model_path"), rec.get("spec_path")))
+        ident = instance_of(rec) if "onnx" in rec and "vnnlib" in rec else rec.get("key")
+        inst = rows.get(ident) or by_paths.get((rec.get("model_path"), rec.get("spec_path")))
         if inst is None:
-            other.add(instance_of(rec) if "onnx" in rec and "vnnlib" in rec else rec.get("key"))
+            other.add(ident)
         else:
             kept.append({**rec, "onnx": inst.onnx, "vnnlib": inst.vnnlib})
     return kept, len(other)
