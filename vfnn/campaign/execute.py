@@ -70,16 +70,21 @@ def prepare(task: Task) -> tuple[Any, Any]:
 
 
 def execute(task: Task) -> dict[str, Any]:
-    """Run one task; returns ``{"result": dict, "prepare_time": s, "host": str, "pid": int}``."""
+    """Run one task; returns ``{"result": dict, "prepare_time": s, "host": str, "pid": int}``.
+
+    The job's deadline is set here, when a worker takes it: loading the model and the spec and the
+    unstable-neuron record count against ``task.timeout``."""
+    deadline = time.monotonic() + task.timeout
     t0 = time.perf_counter()
     prepare_time = 0.0
     try:
         from vfnn.verifiers.registry import get_verifier
 
-        _, spec = prepare(task)
+        net, spec = prepare(task)
         prepare_time = time.perf_counter() - t0
         verifier = get_verifier(task.verifier)
-        result = verifier.verify(task.model, spec, task.timeout, dict(task.options), spec_path=task.spec).to_dict()
+        result = verifier.verify(net, spec, task.timeout, dict(task.options), spec_path=task.spec,
+                                 model_path=task.model, deadline=deadline).to_dict()
     except VfnnError as exc:
         result = make_result("error", task.verifier, task.timeout, str(exc), time.perf_counter() - t0,
                              task.model, task.spec)

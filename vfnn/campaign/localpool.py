@@ -7,8 +7,12 @@ pipe; the driver waits on all pipes and process sentinels at once.  A task is lo
 own worker dies or passes its hard deadline; then that worker's whole process tree is killed
 (:func:`vfnn.campaign.proctree.kill_tree`) and a fresh worker takes its place.
 
-Workers die with the driver: they ask the kernel for SIGKILL when their parent goes away
-(``PR_SET_PDEATHSIG``), and they exit when the driver's end of the pipe closes.
+Workers die with the driver.  Their parent is the fork server, which outlives the driver while
+any worker holds its pipe, so ``PR_SET_PDEATHSIG`` alone would fire too late: each worker also
+watches a *lifeline* pipe whose only writer is the driver, and when it reads end-of-file (the
+driver is gone, even after SIGKILL) kills its own process tree (the solve) and exits.  A solve is a
+plain fork of its worker with a parent-death signal (:func:`vfnn.verifiers.process.allow_plain_fork`),
+so no second fork server runs inside a worker.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from vfnn.campaign.execute import Task, execute
-from vfnn.campaign.proctree import kill_tree
+from vfnn.campaign.proctree import children, kill_tree
 
 Outcome = dict[str, Any]
 
@@ -41,19 +46,27 @@ def _context() -> Any:
     return _ctx
 
 
-def _die_with_parent() -> None:
+def _watch_lifeline(lifeline: Connection) -> None:
+    """Block until the driver is gone (end of file: it held the only writer), then kill what this
+    worker started and exit at once."""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+        while True:
+            lifeline.recv_bytes()
+    except (EOFError, OSError):
         pass
+    for pid in children(os.getpid()):
+        kill_tree(pid)
+    os._exit(1)
 
 
-def worker_main(conn: Connection) -> None:
-    """Loop: receive ``(task_id, Task)``, send back ``(task_id, outcome)``; stop on None or EOF."""
-    _die_with_parent()
+def worker_main(conn: Connection, lifeline: Connection) -> None:
+    """Loop: receive ``(task_id, Task)``, send back ``(task_id, outcome)``; stop on None or EOF.
+
+    The job's deadline starts when the worker receives it (:func:`execute`)."""
+    from vfnn.verifiers.process import allow_plain_fork, die_with_parent
+
+    die_with_parent()
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="lifeline").start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     try:
         import torch
@@ -61,6 +74,7 @@ def worker_main(conn: Connection) -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
+    allow_plain_fork()  # a worker runs no torch code itself: the solve is a direct child
     while True:
         try:
             msg = conn.recv()
@@ -95,17 +109,34 @@ class LocalPool:
         self.n = n
         self._workers: list[_Worker] = []
         self._ready: list[tuple[Any, Outcome]] = []
+        self._lifeline: tuple[Connection, Connection] | None = None
 
     def start(self) -> None:
+        self._lifeline = _context().Pipe(duplex=False)  # (reader for the workers, writer kept here)
         self._workers = [self._spawn() for _ in range(self.n)]
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, tries: int = 5) -> _Worker:
+        """Start a worker.  If the fork server itself was just killed (a solve can kill anything),
+        multiprocessing restarts it only once the dead one is reaped: retry for a moment."""
         ctx = _context()
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=worker_main, args=(child,), daemon=False, name="vfnn-campaign-worker")
-        proc.start()
-        child.close()
-        return _Worker(proc, parent)
+        assert self._lifeline is not None, "start() the pool first"
+        attempt = 0
+        while True:
+            attempt += 1
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, self._lifeline[0]), daemon=False,
+                               name="vfnn-campaign-worker")
+            try:
+                proc.start()
+            except (OSError, EOFError):
+                parent.close()
+                child.close()
+                if attempt == tries:
+                    raise
+                time.sleep(0.2)
+            else:
+                child.close()
+                return _Worker(proc, parent)
 
     @property
     def capacity(self) -> int:
@@ -123,7 +154,8 @@ class LocalPool:
         try:
             w.conn.send((task_id, task))
         except (BrokenPipeError, OSError):
-            self._replace(w, _lost(task, "the worker process had died before the task was sent", 0.0))
+            self._replace(w, _lost(task, "the solver never started: the worker process had died before the task "
+                                         "was sent", 0.0, solver_started=False))
 
     def cancel(self, task_id: Any) -> bool:
         """Kill the worker (and everything it started) that runs ``task_id``; True if it was running."""
@@ -196,13 +228,20 @@ class LocalPool:
                 w.proc.join(5)
             w.conn.close()
         self._workers = []
+        if self._lifeline is not None:
+            for end in self._lifeline:
+                end.close()
+            self._lifeline = None
 
 
-def _lost(task: Task | None, message: str, elapsed: float, status: str = "error") -> Outcome:
+def _lost(task: Task | None, message: str, elapsed: float, status: str = "error",
+          solver_started: bool | None = None) -> Outcome:
     from vfnn.campaign.execute import make_result
 
     verifier = task.verifier if task else "?"
     timeout = task.timeout if task else 0.0
-    return {"result": make_result(status, verifier, timeout, message, elapsed,
-                                  task.model if task else None, task.spec if task else None),
-            "prepare_time": 0.0, "host": os.uname().nodename, "pid": None}
+    result = make_result(status, verifier, timeout, message, elapsed, task.model if task else None,
+                         task.spec if task else None)
+    if solver_started is not None:
+        result["tool_stats"]["solver_started"] = solver_started
+    return {"result": result, "prepare_time": 0.0, "host": os.uname().nodename, "pid": None}

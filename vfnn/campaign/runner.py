@@ -119,7 +119,7 @@ def run_campaign(
     console = console or Console(stderr=True)
     store = ResultStore(out / "results.jsonl")
     done = store.open_for_append()
-    todo = [j for j in plan if j.key not in done or done[j.key]["result"]["status"] in rerun]
+    todo = [j for j in plan if _should_run(done.get(j.key), rerun)]
     counts = _Counts()
     sidecars: dict[Path, dict[str, dict]] = {}
     models: dict[Path, dict[str, Any]] = {}
@@ -201,6 +201,15 @@ def run_campaign(
     csv_files = write_vnncomp(out, plan, load_latest(store.path))
     return CampaignSummary(len(plan), len(plan) - len(todo), ran, dict(counts.n), time.perf_counter() - t_start,
                            solve_time, store.path, csv_files, interrupted, None if dask else (jobs or 1))
+
+
+def _should_run(record: dict[str, Any] | None, rerun: tuple[str, ...]) -> bool:
+    """A job runs when it has no result, when its status is one of ``rerun``, or when its solver
+    never started (start-up used its budget, its worker died first): that is no answer at all."""
+    if record is None:
+        return True
+    result = record["result"]
+    return result["status"] in rerun or (result.get("tool_stats") or {}).get("solver_started") is False
 
 
 def _precheck(job: Job) -> str | None:
