@@ -505,6 +505,8 @@ def network_to_onnx(net: Network) -> onnx.ModelProto:
             nodes += [helper.make_node("Mul", [current, f"S{i}"], [out + "_mul"]),
                       helper.make_node("Add", [out + "_mul", f"T{i}"], [out])]
         current = out
+    for node in nodes:  # named, so that checker and importer messages can say which node
+        node.name = node.output[0]
     graph = helper.make_graph(
         nodes, net.name,
         [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, *net.input_shape])],
