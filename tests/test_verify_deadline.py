@@ -86,6 +86,7 @@ def test_a_spent_budget_is_an_error_saying_the_solver_never_started() -> None:
 
 
 def test_a_killed_solve_keeps_the_unstable_record_computed_in_its_child() -> None:
+    Sleepy(report=True).verify(tiny_net(), unsafe_spec(), 30.0)  # starts this process's fork server
     r = Sleepy().verify(tiny_net(), unsafe_spec(), 1.5, {"grace": 0.2})
     assert r.status == "timeout" and r.unstable is not None and r.unstable.neurons == 2
 
@@ -172,3 +173,33 @@ def test_progress_line_only_on_a_terminal(tiny_files: tuple[Path, Path]) -> None
     assert b"verifying with milp" in seen and b"\r" in seen
     p, _ = _vfnn("verify", "-t", "60", str(model), str(spec))
     assert p.returncode == 1 and p.stderr == ""
+
+
+def test_nothing_survives_a_killed_verify_command(acasxu: Path) -> None:
+    from vfnn.campaign.proctree import children, descendants
+
+    spec = acasxu / "vnnlib" / "prop_2.vnnlib"
+    cmd = [sys.executable, "-m", "vfnn", "verify", "-t", "60", str(acasxu / NET_42), str(spec)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(children(c) for c in children(proc.pid)):
+            time.sleep(0.05)  # the command -> its child -> the solve
+        time.sleep(0.5)
+        tree = descendants(proc.pid)
+        assert len(tree) >= 2, tree
+        proc.kill()
+        killed = time.monotonic()
+        proc.wait()
+        while any(_alive(p) for p in tree) and time.monotonic() - killed < 10:
+            time.sleep(0.02)
+        assert not [p for p in tree if _alive(p)] and time.monotonic() - killed < 1.0
+    finally:
+        proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 from vfnn.campaign.execute import Task, execute
@@ -46,9 +47,10 @@ def _context() -> Any:
     return _ctx
 
 
-def _watch_lifeline(lifeline: Connection) -> None:
+def _watch_lifeline(lifeline: Connection, server: int) -> None:
     """Block until the driver is gone (end of file: it held the only writer), then kill what this
-    worker started and exit at once."""
+    worker started, and the fork server above it (left alone it would take seconds to tear down
+    torch), and exit at once."""
     try:
         while True:
             lifeline.recv_bytes()
@@ -56,6 +58,11 @@ def _watch_lifeline(lifeline: Connection) -> None:
         pass
     for pid in children(os.getpid()):
         kill_tree(pid)
+    try:
+        if b"multiprocessing.forkserver" in Path(f"/proc/{server}/cmdline").read_bytes():
+            os.kill(server, signal.SIGKILL)
+    except OSError:
+        pass
     os._exit(1)
 
 
@@ -66,14 +73,13 @@ def worker_main(conn: Connection, lifeline: Connection) -> None:
     from vfnn.verifiers.process import allow_plain_fork, die_with_parent
 
     die_with_parent()
-    threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="lifeline").start()
+    threading.Thread(target=_watch_lifeline, args=(lifeline, os.getppid()), daemon=True, name="lifeline").start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    try:
-        import torch
+    import torch
 
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+    import vfnn.campaign.worker_preload  # noqa: F401  (a no-op unless the fork server was started by other code)
+
+    torch.set_num_threads(1)
     allow_plain_fork()  # a worker runs no torch code itself: the solve is a direct child
     while True:
         try:
