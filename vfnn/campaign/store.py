@@ -68,6 +68,10 @@ def _text(v: Any) -> bool:
     return isinstance(v, str) and v != ""
 
 
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
 def _opt(ok: Any) -> Any:
     return lambda v: v is None or ok(v)
 
@@ -82,10 +86,11 @@ def _unstable_ok(u: Any) -> bool:
 
 _OBJECT = (lambda v: isinstance(v, dict), "an object")
 _TEXT = (_text, "a non-empty string")
-_OPT_TEXT = (_opt(lambda v: isinstance(v, str)), "a string")
+_OPT_TEXT = (_opt(_str), "a string")
 #: (path, required, test, what it must be): the fields that report, gate and resume read.
 _FIELDS = (
-    (("key",), True, *_TEXT), (("onnx",), True, *_TEXT), (("vnnlib",), True, *_TEXT),
+    # onnx/vnnlib may be empty: bench records a row without them as an error record
+    (("key",), True, *_TEXT), (("onnx",), True, _str, "a string"), (("vnnlib",), True, _str, "a string"),
     (("verifier",), True, *_TEXT), (("result",), True, *_OBJECT),
     (("category",), False, *_OPT_TEXT), (("model_path",), False, *_OPT_TEXT), (("spec_path",), False, *_OPT_TEXT),
     (("model",), False, _opt(_OBJECT[0]), "an object"), (("meta",), False, _opt(_OBJECT[0]), "an object"),
