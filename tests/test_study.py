@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from test_train_cli import run_cli
 
-from vfnn.cli import main
 from vfnn.study.config import load_study
 
 TINY = """
@@ -41,16 +41,6 @@ nbc-every = 2
 [verifiers.milp]
 threads = 1
 """
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:

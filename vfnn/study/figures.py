@@ -52,10 +52,16 @@ def _unsat_vs_eps(plt: Any, rows: list[dict[str, Any]], title: str, path: Path) 
     for recipe, points in by_recipe.items():
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=recipe)
-    ax.set_xlabel("radius eps (L-inf, pixel space)")
-    ax.set_ylabel("UNSAT (verified) %")
     ax.set_ylim(-2, 102)
-    ax.set_title(f"Verified properties vs radius: {title}", fontsize=9)
+    return _save(plt, fig, ax, "radius eps (L-inf, pixel space)", "UNSAT (verified) %",
+                 f"Verified properties vs radius: {title}", path)
+
+
+def _save(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Labels, grid and legend of a one-panel figure, written as PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -73,15 +79,7 @@ def _cactus(plt: Any, groups: dict[tuple, list[dict[str, Any]]], title: str, pat
     for recipe, times in by_recipe.items():
         times.sort()
         ax.step([0.0, *times], list(range(len(times) + 1)), where="post", label=f"{recipe} ({len(times)})")
-    ax.set_xlabel("time per property (s)")
-    ax.set_ylabel("properties decided")
-    ax.set_title(f"Cactus plot: {title}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, "time per property (s)", "properties decided", f"Cactus plot: {title}", path)
 
 
 def _unstable_layers(plt: Any, rows: list[dict[str, Any]], title: str, path: Path) -> Path:

@@ -166,7 +166,7 @@ def write_study_report(study: Study, console: Console) -> Path:
                               [_verify_cells(r) for r in verify_rows]))
     with open(out / "study.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([c for c in VERIFY_COLUMNS] + ["clean %", "PGD %", "s/epoch"])
+        w.writerow([*VERIFY_COLUMNS, "clean %", "PGD %", "s/epoch"])
         by_model = {(r["dataset"], r["arch"], r["recipe"]): r for r in train_rows}
         for r in verify_rows:
             t = by_model.get((r["dataset"], r["arch"], r["recipe"]), {})
