@@ -25,12 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets"
 
 
-def run_study(name: str, data_dir: str, out: Path) -> None:
+def run_study(name: str, data_dir: str, out: Path) -> str | None:
+    """Run (or resume) one study; None when it finished, else the reason it could not."""
     cmd = [sys.executable, "-m", "vfnn", "study", name, "--data-dir", data_dir, "--out", str(out), "-q"]
     print("$", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd)
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
-        sys.exit(f"vfnn study {name} failed with exit code {proc.returncode}")
+        lines = proc.stderr.strip().splitlines()
+        return lines[-1] if lines else f"exit code {proc.returncode}"
+    return None
 
 
 def _rows(report: dict, arch: str, recipe: str) -> dict[float, dict]:
@@ -135,8 +139,11 @@ def main() -> None:
              "where it stopped; delete its folder under study-out/ to start again).", ""]
     for name in names:
         out = Path(args.out) / name
-        run_study(name, args.data_dir, out)
-        parts += section(name, out, docs)
+        problem = run_study(name, args.data_dir, out)
+        if problem is None:
+            parts += section(name, out, docs)
+        else:
+            parts += [f"## `{name}`", "", f"Not measured here: `vfnn study {name}` stopped with `{problem}`.", ""]
     (docs / "results.md").write_text("\n".join(parts) + "\n")
     print(f"wrote {docs / 'results.md'}")
 

@@ -116,6 +116,8 @@ def _train_all(study: Study, console: Console, show_progress: bool) -> tuple[int
             progress.update(overall, description=f"train {run.label}")
             t0 = time.perf_counter()
             cfg, argv = configs[run]
+            if cfg.threads is None:  # several torch threads next to other processes slow small-tensor work badly
+                cfg.threads = 1
             resume = (run.run_dir / "checkpoint.pt").is_file()
             if not resume and run.run_dir.exists():
                 shutil.rmtree(run.run_dir)  # killed before its first epoch ended: nothing to keep
