@@ -77,7 +77,7 @@ def test_model_pt_loads_with_weights_only(tmp_path: Path) -> None:
 
 
 def test_parse_reg_and_schedule() -> None:
-    assert parse_reg("nbc") == ("nbc", 5.0)
+    assert parse_reg("nbc") == ("nbc", 15.0)
     assert parse_reg("rs:0.01") == ("rs", 0.01)
     assert parse_reg("l1:1e-5") == ("l1", 1e-5)
     for bad, msg in (("nbd:1", "unknown regulariser"), ("nbc:x", "not a number"), ("rs:-1", ">= 0")):

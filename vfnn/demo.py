@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -63,7 +64,7 @@ def demo(out: Path, study_name: str) -> None:
     from vfnn.campaign.cli import gate_cmd
     from vfnn.study.cli import study_cmd
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # logs: never wrap the tables
     _run(console, study_cmd, [study_name, "--out", str(out)])
     results = sorted(str(p) for p in (out / "campaign").glob("*/results.jsonl"))
     _run(console, gate_cmd, [*results, "--min-verified", "0", "--max-errors", "0", "--junit", str(out / "junit.xml")])
