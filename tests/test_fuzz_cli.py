@@ -412,11 +412,7 @@ INSTANCES_EDITS = [
 ]
 
 
-NUL_PATH_BUG = pytest.mark.xfail(reason="a NUL byte in an instances.csv path reaches Path.resolve() in "
-                                  "vfnn/campaign/meta.py (ValueError, exit 5): read_instances should refuse the row")
-
-
-@pytest.mark.parametrize("edit", [0, 1, 2, pytest.param(3, marks=NUL_PATH_BUG)])
+@pytest.mark.parametrize("edit", [0, 1, 2, 3])
 def test_broken_instances_file(edit: int, campaign: dict, capsys: pytest.CaptureFixture[str]) -> None:
     rows = campaign["csv"].read_text().splitlines()
     csv = campaign["root"] / f"broken{edit}" / "instances.csv"

@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         if sys.stdout is not stdout:  # click swapped stdout: a closed pipe (EPIPE), which it exits 1 for
             sys.exit(2)
         sys.exit(_checked_exit_code(exc.code))
+    except click.UsageError as exc:  # one line, not click's usage block: CI logs and people read the first line
+        where = exc.ctx.command_path if exc.ctx is not None else "vfnn"
+        click.echo(f"vfnn: error: {exc.format_message()} (see '{where} --help')", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)  # click uses 1 for some of its own errors (a file it cannot open): still the user's

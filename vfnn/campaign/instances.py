@@ -84,6 +84,8 @@ def _parse_row(cells: list[str], root: Path, cat: str, lineno: int, path: Path) 
     if len(cells) < 3 or not onnx or not vnnlib:
         return Instance(onnx, vnnlib, None, root, cat, lineno,
                         f"{where}: expected 'onnx,vnnlib,timeout', got {','.join(cells)!r}")
+    if "\0" in onnx or "\0" in vnnlib:  # no file system takes it; Path.resolve() would raise
+        return Instance(onnx, vnnlib, None, root, cat, lineno, f"{where}: a path holds a NUL byte")
     try:
         timeout = float(cells[2])
     except ValueError:

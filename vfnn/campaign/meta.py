@@ -24,7 +24,10 @@ _LABEL = re.compile(r"label[_=-]?([0-9]+)")
 
 def spec_meta(spec_path: Path, sidecar: dict[str, dict]) -> dict[str, Any]:
     """eps / label / image index of a spec: from the ``specs.json`` sidecar, else its file name."""
-    meta = sidecar.get(str(spec_path.resolve()))
+    try:
+        meta = sidecar.get(str(spec_path.resolve()))
+    except (OSError, ValueError):  # a path no file system takes (e.g. a NUL byte): its row is an error record
+        return {}
     if meta is not None:
         return dict(meta)
     out: dict[str, Any] = {}
