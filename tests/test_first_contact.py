@@ -219,3 +219,17 @@ def test_pyproject_license_is_an_spdx_string_that_setuptools_accepts_without_war
         dist = apply_configuration(Distribution(), REPO / "pyproject.toml")
     assert [str(w.message)[:80] for w in caught if "license" in str(w.message).lower()] == []
     assert dist.metadata.license_expression == "MIT"
+
+
+def test_verify_reads_a_spec_from_a_pipe(tmp_path: Path) -> None:
+    """`vfnn verify model <(cat spec)`: the pipe is read once and verified like the file."""
+    import shutil
+
+    acas = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "acasxu"
+    if not acas.is_dir() or shutil.which("bash") is None:
+        pytest.skip("needs the ACAS Xu benchmark and bash")
+    model, spec = acas / "onnx" / "ACASXU_run2a_1_2_batch_2000.onnx", acas / "vnnlib" / "prop_2.vnnlib"
+    vfnn = f"{sys.executable} -m vfnn verify -v milp --timeout 60"
+    proc = subprocess.run(["bash", "-c", f"{vfnn} {model} <(cat {spec})"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and proc.stdout.startswith("sat [milp]"), (proc.stdout, proc.stderr)

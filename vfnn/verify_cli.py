@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,13 +103,15 @@ def verify_cmd(model: Path, spec: Path, verifier_name: str, timeout: float, opts
     options = _parse_opts(opts)
     if not (timeout > 0 and math.isfinite(timeout)):
         raise VfnnError(f"--timeout must be a positive number of seconds, got {timeout}")
-    if not model.is_file():
-        raise ModelError(f"{model}: no such file")
-    if not spec.is_file():
-        raise SpecError(f"{spec}: no such file")
+    from vfnn.vnnlib import input_file
+
+    model, spec = input_file(model, "the ONNX model"), input_file(spec, "the VNN-LIB spec")
     _check_output_path(save_counterexample)
-    result = _supervise(model, spec, verifier_name, options, timeout, None if bound_method == "none" else bound_method,
-                        start)
+    with tempfile.TemporaryDirectory(prefix="vfnn-verify-") as pipes:
+        model = _from_pipe(model, Path(pipes) / "model.onnx", ModelError)
+        spec = _from_pipe(spec, Path(pipes) / "spec.vnnlib", SpecError)
+        result = _supervise(model, spec, verifier_name, options, timeout,
+                            None if bound_method == "none" else bound_method, start)
     not_saved = None
     if save_counterexample is not None and result.status == "sat":
         not_saved = _save(save_counterexample, result)
@@ -119,6 +122,21 @@ def verify_cmd(model: Path, spec: Path, verifier_name: str, timeout: float, opts
     if not_saved:  # the verdict is printed first, so an unwritable path cannot lose it
         raise VfnnError(f"counterexample not saved: {not_saved}")
     sys.exit(result.exit_code)
+
+
+def _from_pipe(path: Path, copy: Path, error: type[VfnnError]) -> Path:
+    """A FIFO or ``<(cmd)`` can be read only once, and the solve reads its inputs more than once:
+    such an input is read here into ``copy`` (``.gz`` added for gzip data); a file is used as it is."""
+    import stat
+
+    from vfnn.vnnlib import read_bytes
+
+    if not stat.S_ISFIFO(path.stat().st_mode):
+        return path
+    data = read_bytes(path, error)
+    copy = copy.with_name(copy.name + ".gz") if data[:2] == b"\x1f\x8b" else copy
+    copy.write_bytes(data)
+    return copy
 
 
 def _verify_job(model: Path, spec: Path, verifier_name: str, options: dict[str, str], timeout: float,
