@@ -136,7 +136,8 @@ def main() -> None:
              f"Measured {date.today().isoformat()} on {platform.machine()} with "
              f"{__import__('os').cpu_count()} CPU cores (shared with other work), Python {platform.python_version()}. "
              "Regenerate with `python benchmarks/studies.py --data-dir ../shared/datasets` (each study resumes "
-             "where it stopped; delete its folder under study-out/ to start again).", ""]
+             "where it stopped; delete its folder under study-out/ to start again). What was tried to meet the NBC "
+             "targets, and the costs per epoch measured alone: [training.md](training.md#measured).", ""]
     for name in names:
         out = Path(args.out) / name
         problem = run_study(name, args.data_dir, out)

@@ -179,6 +179,14 @@ def write_study_report(study: Study, console: Console) -> Path:
     return path
 
 
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it is below it (reports move between machines)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _environment() -> dict[str, Any]:
     import torch
 
@@ -196,7 +204,8 @@ def _markdown(study: Study, train_rows: list[dict], verify_rows: list[dict], fig
                           for v, o in study.verifiers.items())
     parts = [
         f"# Study `{study.name}`", "",
-        f"Study file `{study.path}`; {len(study.runs)} models; {study.per_class} {study.split} images per class; "
+        f"Study file `{_shown(study.path)}`; {len(study.runs)} models; {study.per_class} {study.split} images per "
+        "class; "
         f"radii {', '.join(f'{r:g}' for r in study.radii)}; verifiers {verifiers}; {study.timeout:g} s per property.",
         f"vfnn {env['vfnn']}, torch {env['torch']}, Python {env['python']}, {env['machine']}."
         + (f" Wall time (summed over invocations): {times}." if times else ""), "",
