@@ -10,6 +10,9 @@ from vfnn.campaign.analysis import status, wall_time
 from vfnn.campaign.figures import pyplot
 from vfnn.study.config import Study
 
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
+DASHES = ("-", "--", "-.", ":")
+
 
 def _name(*parts: Any) -> str:
     return "_".join(str(p).replace(":", "-").replace("/", "-").replace(" ", "") for p in parts)
@@ -49,9 +52,10 @@ def _unsat_vs_eps(plt: Any, rows: list[dict[str, Any]], title: str, path: Path) 
     for r in rows:
         if r["eps"] is not None:
             by_recipe[r["recipe"]].append((r["eps"], 100 * r["unsat"]))
-    for recipe, points in by_recipe.items():
+    for i, (recipe, points) in enumerate(by_recipe.items()):  # marker and dash vary: equal lines stay visible
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=recipe)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=MARKERS[i % len(MARKERS)],
+                linestyle=DASHES[i % len(DASHES)], alpha=0.85, label=recipe)
     ax.set_ylim(-2, 102)
     return _save(plt, fig, ax, "radius eps (L-inf, pixel space)", "UNSAT (verified) %",
                  f"Verified properties vs radius: {title}", path)
