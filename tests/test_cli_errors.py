@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
+from cli_runner import run_cli
 
-from vfnn.cli import cli, main
+from vfnn.cli import cli
 from vfnn.network import Dense, Network, ReLU
 from vfnn.onnx_io import save_onnx
 from vfnn.spec import robustness_spec
@@ -57,15 +58,6 @@ def test_init_and_arch_exclude_each_other(tmp_path):
 # --- the top-level guard in vfnn.cli.main: exit 1 is a verdict, a bug is exit 5 with one line
 
 
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture
 def failing_command():
@@ -89,7 +81,7 @@ def failing_command():
 
 def test_internal_error_is_one_line_exit_5(failing_command, capsys, monkeypatch):
     monkeypatch.delenv("VFNN_DEBUG", raising=False)
-    code, out, err = run_main(["fail-as", "bug"], capsys)
+    code, out, err = run_cli(["fail-as", "bug"], capsys)
     assert code == 5 and "Traceback" not in err + out
     (line,) = err.strip().splitlines()
     assert line.startswith("vfnn: internal error: KeyError: 'missing'") and "--debug" in line
@@ -100,22 +92,22 @@ def test_debug_shows_the_traceback(how: str, failing_command, capsys, monkeypatc
     monkeypatch.delenv("VFNN_DEBUG", raising=False)
     if how == "env":
         monkeypatch.setenv("VFNN_DEBUG", "1")
-    code, _, err = run_main((["--debug"] if how == "flag" else []) + ["fail-as", "bug"], capsys)
+    code, _, err = run_cli((["--debug"] if how == "flag" else []) + ["fail-as", "bug"], capsys)
     assert code == 5 and "Traceback (most recent call last)" in err
     assert err.strip().splitlines()[-1].startswith("vfnn: internal error: KeyError")
 
 
 @pytest.mark.parametrize("how, want", [("exit1", 5), ("message", 5), ("click-file", 2)])
 def test_exit_1_only_for_verdicts(how: str, want: int, failing_command, capsys):
-    code, _, err = run_main(["fail-as", how], capsys)
+    code, _, err = run_cli(["fail-as", how], capsys)
     assert code == want and "Traceback" not in err, err
 
 
 def test_usage_errors_exit_2_and_version_0(capsys):
-    assert run_main(["verify"], capsys)[0] == 2
-    assert run_main(["gate", "--min-verified", "abc", "r.jsonl"], capsys)[0] == 2
-    assert run_main(["no-such-command"], capsys)[0] == 2
-    code, out, _ = run_main(["--version"], capsys)
+    assert run_cli(["verify"], capsys)[0] == 2
+    assert run_cli(["gate", "--min-verified", "abc", "r.jsonl"], capsys)[0] == 2
+    assert run_cli(["no-such-command"], capsys)[0] == 2
+    code, out, _ = run_cli(["--version"], capsys)
     assert code == 0 and "vfnn" in out
 
 
@@ -139,7 +131,7 @@ def test_malformed_record_names_file_and_line(broken, needle: str, tmp_path: Pat
     good = dict(_record(), key="other", vnnlib="t.vnnlib")
     results.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     for command in (["gate", str(results), "--min-verified", "0.5"], ["report", str(results), "--no-replay"]):
-        code, out, err = run_main(command, capsys)
+        code, out, err = run_cli(command, capsys)
         assert code == 2 and "Traceback" not in err, (command, code, err)
         (line,) = err.strip().splitlines()
         assert f"{results}:2: not a vfnn result record" in line and needle in line, line

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_runner import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
@@ -45,12 +46,7 @@ pytestmark = pytest.mark.skipif(not ACASXU.is_dir(), reason=f"ACAS Xu benchmark 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``vfnn ARGS`` in-process, checked against the exit-code contract; returns (code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(args, capsys)
     command = args[0]
     context = f"vfnn {' '.join(args)} -> {code}\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}"
     assert "Traceback" not in out + err, context

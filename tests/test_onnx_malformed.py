@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cli_runner import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
-from vfnn.cli import main
 from vfnn.errors import ModelError
 from vfnn.onnx_io import load_onnx, network_from_onnx
 from vfnn.spec import robustness_spec
@@ -107,15 +107,6 @@ MALFORMED = {
 def spec_4_3(tmp_path_factory) -> Path:
     return write_vnnlib(robustness_spec(np.full(4, 0.5), 0, 0.1, 3), tmp_path_factory.mktemp("s") / "s.vnnlib")
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_cli import run_cli
+from cli_runner import run_cli
 
 from vfnn.study.config import load_study
 

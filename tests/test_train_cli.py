@@ -7,18 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from vfnn.cli import main
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from cli_runner import run_cli
 
 
 def test_help_states_nbc_formula_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:

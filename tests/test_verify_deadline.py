@@ -10,28 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from test_verifiers_core import tiny_net, unsafe_spec
 
-from vfnn.network import Dense, Network, ReLU
-from vfnn.spec import Halfspaces, Spec, SpecCase
+from vfnn.network import Network
 from vfnn.verifiers import Availability, Problem, RawOutcome, Verifier
 
 ROOT = Path(__file__).resolve().parents[1]
 NET_42 = "onnx/ACASXU_run2a_4_2_batch_2000.onnx"  # prop_2 on 4_2 takes milp far longer than these timeouts
-
-
-def tiny_net() -> Network:
-    """y = [relu(x0 - x1), relu(x1 - x0)]."""
-    W1 = np.array([[1, -1], [-1, 1]], np.float32)
-    return Network((2,), (Dense(W1, np.zeros(2, np.float32)), ReLU(), Dense(np.eye(2, dtype=np.float32),
-                                                                             np.zeros(2, np.float32))), "tiny")
-
-
-def unsafe_spec() -> Spec:
-    """Unsafe when y0 - y1 <= -0.5 over [0,1]^2: reachable, so milp answers sat at once."""
-    h = Halfspaces(np.array([[1.0, -1.0]]), np.array([-0.5]))
-    return Spec((SpecCase(np.zeros(2), np.ones(2), (h,)),), 2, 2, "tiny_unsafe")
 
 
 class Sleepy(Verifier):
