@@ -190,6 +190,7 @@ def test_bench_lists_bad_rows_and_writes_plain_lines_without_a_terminal(model_an
     assert "instances.csv line 2: expected 'onnx,vnnlib,timeout'" in proc.stderr
     assert "instances.csv line 3: timeout 'abc'" in proc.stderr and "... and 13 more" in proc.stderr
     assert "…" not in proc.stderr and "━" not in proc.stderr  # no progress bar cut to 80 columns in a log
+    assert "[33/33] 0 verified 0 falsified 0 timeout 0 unknown 33 error" in proc.stderr  # plain progress lines
 
 
 def test_campaign_overhead_never_counts_idle_workers() -> None:

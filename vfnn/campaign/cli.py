@@ -122,7 +122,7 @@ def bench_cmd(instances: str, verifiers: tuple[str, ...], out: str, timeout: flo
     console = _console()
     s = run_campaign(instances, list(verifiers), out, jobs=jobs, timeout=timeout, portfolio=portfolio, dask=dask,
                      options=_options(option_items), rerun=tuple(rerun), category=category, console=console,
-                     show_progress=not quiet and console.is_terminal)
+                     show_progress=not quiet)
     c = s.counts
     line = (f"{s.ran} jobs run ({s.already_done} already done): {c['unsat']} verified, {c['sat']} falsified, "
             f"{c['timeout']} timeout, {c['unknown']} unknown, {c['error']} error in {s.wall_time:.1f} s")

@@ -162,10 +162,13 @@ def run_campaign(
         solve_time += float(res.get("wall_time") or 0.0)
         ran += 1
 
+    plain = show_progress and not console.is_terminal  # a CI log: a line now and then instead of a bar
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show_progress,
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+        disable=not show_progress or plain,
     )
+    log_line = _PlainProgress(console, len(todo)) if plain else None
     backend = None
     restore = _install_sigterm()
     try:
@@ -186,11 +189,18 @@ def run_campaign(
                                                    model_path=str(job.instance.model_path),
                                                    spec_path=str(job.instance.spec_path))}, None)
                 progress.update(bar, advance=1, counts=counts.text())
+                if log_line:
+                    log_line.tick(counts)
             if runnable:
                 backend = _make_backend(jobs, dask)
                 backend.start()
-                _drive(backend, runnable, options or {}, record, lambda: progress.update(
-                    bar, advance=1, counts=counts.text()))
+
+                def tick() -> None:
+                    progress.update(bar, advance=1, counts=counts.text())
+                    if log_line:
+                        log_line.tick(counts)
+
+                _drive(backend, runnable, options or {}, record, tick)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -210,6 +220,22 @@ def _should_run(record: dict[str, Any] | None, rerun: tuple[str, ...]) -> bool:
         return True
     result = record["result"]
     return result["status"] in rerun or (result.get("tool_stats") or {}).get("solver_started") is False
+
+
+class _PlainProgress:
+    """Progress for a console that is not a terminal: one line per tenth of the jobs, at most every 10 s."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console, self.total, self.done = console, total, 0
+        self.start = self.last = time.monotonic()
+
+    def tick(self, counts: _Counts) -> None:
+        self.done += 1
+        now = time.monotonic()
+        step = max(1, self.total // 10)
+        if self.done == self.total or (self.done % step == 0 and now - self.last >= 10.0):
+            self.last = now
+            self.console.print(f"[{self.done}/{self.total}] {counts.text()}  {now - self.start:.0f} s")
 
 
 def _precheck(job: Job) -> str | None:
