@@ -189,3 +189,42 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_killed_verify_takes_the_external_tool_with_it(acasxu: Path, tmp_path: Path) -> None:
+    """α,β-CROWN runs as a program of its own: a `kill -9` of `vfnn verify` must not leave it running."""
+    from vfnn.campaign.proctree import descendants
+
+    cv = tmp_path / "complete_verifier"
+    cv.mkdir()
+    (cv / "__init__.py").write_text("__version__ = '0.7.0'\n")
+    (cv / "abcrown.py").write_text("import time\ntime.sleep(120)\n")  # a tool that runs on and on
+    env = dict(os.environ, VFNN_ABCROWN=str(cv / "abcrown.py"), VFNN_ABCROWN_PYTHON=sys.executable)
+    spec = acasxu / "vnnlib" / "prop_2.vnnlib"
+    cmd = [sys.executable, "-m", "vfnn", "verify", "-v", "abcrown", "-t", "100", str(acasxu / NET_42), str(spec)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+
+        def tool() -> list[int]:
+            return [p for p in descendants(proc.pid) if "abcrown.py" in _cmdline(p)]
+
+        while time.monotonic() < deadline and not tool():
+            time.sleep(0.05)
+        tree = descendants(proc.pid)
+        assert tool(), tree
+        proc.kill()
+        killed = time.monotonic()
+        proc.wait()
+        while any(_alive(p) for p in tree) and time.monotonic() - killed < 10:
+            time.sleep(0.02)
+        assert not [p for p in tree if _alive(p)] and time.monotonic() - killed < 1.0
+    finally:
+        proc.kill()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

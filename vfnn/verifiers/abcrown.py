@@ -44,6 +44,7 @@ from vfnn.verifiers.base import (
     UnsupportedProblem,
     Verifier,
 )
+from vfnn.verifiers.process import die_with_parent
 
 ENV_PATH = "VFNN_ABCROWN"
 ENV_PYTHON = "VFNN_ABCROWN_PYTHON"
@@ -416,7 +417,9 @@ class AbcrownVerifier(Verifier):
         out_path, err_path = run_dir / "stdout.txt", run_dir / "stderr.txt"
         start = time.monotonic()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=run_dir, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+            # die_with_parent: if this solve is SIGKILLed (vfnn verify killed), the tool goes with it
+            proc = subprocess.Popen(cmd, cwd=run_dir, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                                    preexec_fn=die_with_parent)
             try:
                 code: int | None = proc.wait(timeout=max(0.1, hard))
             except subprocess.TimeoutExpired:
