@@ -174,14 +174,19 @@ def test_nothing_survives_a_killed_verify_command(acasxu: Path) -> None:
         time.sleep(0.5)
         tree = descendants(proc.pid)
         assert len(tree) >= 2, tree
-        proc.kill()
-        killed = time.monotonic()
-        proc.wait()
-        while any(_alive(p) for p in tree) and time.monotonic() - killed < 10:
-            time.sleep(0.02)
-        assert not [p for p in tree if _alive(p)] and time.monotonic() - killed < 1.0
+        _kill_and_check_tree_gone(proc, tree)
     finally:
         proc.kill()
+
+
+def _kill_and_check_tree_gone(proc: subprocess.Popen, tree: list[int]) -> None:
+    """SIGKILL the command; every process of ``tree`` must be gone within a second."""
+    proc.kill()
+    killed = time.monotonic()
+    proc.wait()
+    while any(_alive(p) for p in tree) and time.monotonic() - killed < 10:
+        time.sleep(0.02)
+    assert not [p for p in tree if _alive(p)] and time.monotonic() - killed < 1.0
 
 
 def _alive(pid: int) -> bool:
@@ -213,12 +218,7 @@ def test_a_killed_verify_takes_the_external_tool_with_it(acasxu: Path, tmp_path:
             time.sleep(0.05)
         tree = descendants(proc.pid)
         assert tool(), tree
-        proc.kill()
-        killed = time.monotonic()
-        proc.wait()
-        while any(_alive(p) for p in tree) and time.monotonic() - killed < 10:
-            time.sleep(0.02)
-        assert not [p for p in tree if _alive(p)] and time.monotonic() - killed < 1.0
+        _kill_and_check_tree_gone(proc, tree)
     finally:
         proc.kill()
 
