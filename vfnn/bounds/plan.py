@@ -36,9 +36,6 @@ class Plan:
     def n_relu(self) -> int:
         return len(self.pre_shapes)
 
-    def chain_in_shape(self, i: int) -> tuple[int, ...]:
-        return self.input_shape if i == 0 else self.pre_shapes[i - 1]
-
     def chain_out_shape(self, i: int) -> tuple[int, ...]:
         return self.output_shape if i == self.n_relu else self.pre_shapes[i]
 

@@ -66,10 +66,6 @@ class DaskBackend:
     def capacity(self) -> int:
         return max(0, (self.slots or 1) - len(self._futures))
 
-    @property
-    def running(self) -> list[Any]:
-        return list(self._futures)
-
     def submit(self, task_id: Any, task: Task, hard_deadline_s: float) -> None:
         fut = self._client.submit(execute, task, pure=False, key=f"vfnn-{uuid.uuid4().hex}")
         now = time.monotonic()

@@ -148,10 +148,6 @@ class LocalPool:
     def capacity(self) -> int:
         return sum(w.task_id is None for w in self._workers)
 
-    @property
-    def running(self) -> list[Any]:
-        return [w.task_id for w in self._workers if w.task_id is not None]
-
     def submit(self, task_id: Any, task: Task, hard_deadline_s: float) -> None:
         """Send ``task`` to an idle worker; the worker is killed if it is not back by the deadline."""
         w = next(w for w in self._workers if w.task_id is None)

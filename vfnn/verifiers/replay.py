@@ -81,12 +81,3 @@ def validate_counterexample(
         return False, y, mismatch
     return False, y, f"output {y.tolist()} is not in the unsafe region of the input box(es) {in_box}"
 
-
-def clip_to_case(spec: Spec, x: np.ndarray, tol: float = SPEC_ATOL) -> tuple[np.ndarray, int | None]:
-    """Clip ``x`` into the first case box it lies in up to ``tol`` (float32 rounding puts solver
-    points ~1e-8 outside); returns the clipped point and the case index (None: in no box)."""
-    x = np.asarray(x, dtype=np.float64).reshape(-1)
-    for i, c in enumerate(spec.cases):
-        if c.contains_input(x, tol):
-            return np.clip(x, c.lower, c.upper), i
-    return x, None
