@@ -1,6 +1,8 @@
-"""`vfnn ARGS` run in-process through the real entry point, for tests that check exit codes and output."""
+"""Test helpers: `vfnn ARGS` run in-process through the real entry point; whether a process still runs."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +18,12 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a killed process whose new parent has not reaped it yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

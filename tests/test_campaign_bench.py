@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import alive
 from torch import nn
 
 from vfnn.campaign.runner import run_campaign
@@ -202,14 +203,6 @@ def fake_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return env
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_portfolio_first_decisive_wins_and_losers_trees_are_killed(bench: dict, fake_env: dict,
                                                                     tmp_path: Path) -> None:
     rows = bench["csv"].read_text().splitlines()[:4]
@@ -232,7 +225,7 @@ def test_portfolio_first_decisive_wins_and_losers_trees_are_killed(bench: dict, 
     pids = [int(p) for p in pidfile.read_text().split()]
     assert len(pids) >= 1
     time.sleep(0.5)
-    assert not any(_alive(p) for p in pids), "a stopped verifier's solve process is still running"
+    assert not any(alive(p) for p in pids), "a stopped verifier's solve process is still running"
     assert (tmp_path / "pf" / "portfolio" / "results.csv").is_file()
 
 

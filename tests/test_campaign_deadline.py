@@ -13,21 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+from cli_runner import alive
+
 from vfnn.campaign.proctree import children, descendants
 from vfnn.campaign.runner import run_campaign
 from vfnn.campaign.store import load_latest
 
 REPO = Path(__file__).resolve().parents[1]
 NET_42 = "onnx/ACASXU_run2a_4_2_batch_2000.onnx"
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (a killed process whose new parent has not reaped it yet)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _hard_csv(acasxu: Path, tmp_path: Path, timeout: int) -> Path:
@@ -51,9 +44,9 @@ def test_nothing_survives_a_killed_campaign_by_more_than_a_second(acasxu: Path, 
         proc.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         proc.wait()
-        while any(_alive(p) for p in tree) and time.monotonic() - killed < 10:
+        while any(alive(p) for p in tree) and time.monotonic() - killed < 10:
             time.sleep(0.02)
-        survivors = [p for p in tree if _alive(p)]
+        survivors = [p for p in tree if alive(p)]
         assert not survivors and time.monotonic() - killed < 1.0, (survivors, time.monotonic() - killed)
     finally:
         for p in descendants(proc.pid) if proc.poll() is None else []:

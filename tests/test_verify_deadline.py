@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runner import alive
 from test_verifiers_core import tiny_net, unsafe_spec
 
 from vfnn.network import Network
@@ -184,16 +185,9 @@ def _kill_and_check_tree_gone(proc: subprocess.Popen, tree: list[int]) -> None:
     proc.kill()
     killed = time.monotonic()
     proc.wait()
-    while any(_alive(p) for p in tree) and time.monotonic() - killed < 10:
+    while any(alive(p) for p in tree) and time.monotonic() - killed < 10:
         time.sleep(0.02)
-    assert not [p for p in tree if _alive(p)] and time.monotonic() - killed < 1.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    assert not [p for p in tree if alive(p)] and time.monotonic() - killed < 1.0
 
 
 def test_a_killed_verify_takes_the_external_tool_with_it(acasxu: Path, tmp_path: Path) -> None:
