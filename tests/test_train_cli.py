@@ -105,3 +105,20 @@ def test_cli_resume_finishes_an_interrupted_run(tmp_path: Path, capsys: pytest.C
                 for line in (path / "metrics.jsonl").read_text().splitlines()]
 
     assert strip(tmp_path / "cut") == strip(tmp_path / "full")
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a checkpoint", None])
+def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      damage: bytes | None) -> None:
+    """A truncated, foreign or cut-off checkpoint.pt: exit 2 and one line saying what to do, never a traceback."""
+    from vfnn.train.config import TrainConfig
+    from vfnn.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    Trainer(TrainConfig(arch="fc:16x2", eval_size=40, eval_pgd_steps=2), run).run(stop_after=1)
+    ckpt = run / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:200] if damage is None else damage)
+    code, _, err = run_cli(["train", "--resume", str(run), "-q"], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert "checkpoint.pt" in line and ("unreadable checkpoint" in line or "not a vfnn checkpoint" in line), line
