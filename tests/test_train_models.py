@@ -60,10 +60,17 @@ def test_model_pt_loads_with_weights_only(tmp_path: Path) -> None:
     model = build_model("fc:20x2", (1, 8, 8), 10, [0.3], [0.4])
     path = save_model_pt(tmp_path / "model.pt", model, {"arch": "fc:20x2", "input_shape": [1, 8, 8], "n_classes": 10})
     payload = torch.load(path, weights_only=True)
-    assert payload["arch"] == "fc:20x2" and payload["format"] == "vfnn-model-1"
+    assert payload["arch"] == "fc:20x2" and payload["format"] == "vfnn-model-2"
     loaded, meta = load_model(path)
     x = torch.rand(4, 1, 8, 8)
     assert torch.equal(loaded(x), model(x)) and meta["n_classes"] == 10
+    # the same modules (nothing folded), so fine-tuning trains the same parametrisation
+    assert [type(m) for m in loaded] == [type(m) for m in model]
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(),
+                                                  strict=True))
+    torch.save({"format": "vfnn-model-1", "layers": []}, tmp_path / "old.pt")
+    with pytest.raises(ModelError, match="found vfnn-model-1: written by an older vfnn"):
+        load_model(tmp_path / "old.pt")
     net = Network.from_torch(model, (1, 8, 8))
     save_onnx(net, tmp_path / "m.onnx")
     from_onnx, meta2 = load_model(tmp_path / "m.onnx")

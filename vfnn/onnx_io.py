@@ -17,23 +17,12 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from vfnn.errors import ModelError
-from vfnn.network import (
-    AvgPool2d,
-    Conv2d,
-    Dense,
-    ElementwiseAffine,
-    Flatten,
-    Layer,
-    Network,
-    ReLU,
-    nonfinite_part,
-    per_channel_values,
-)
+from vfnn.layers import ONNX_OPS, Dense, Flatten, Layer
+from vfnn.network import Network
 
-SUPPORTED_OPS = (
-    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Conv", "Flatten", "Reshape", "Squeeze",
-    "Unsqueeze", "BatchNormalization", "AveragePool", "Transpose", "Constant", "Identity", "Dropout",
-)
+# Operators without a layer of their own: read by the importer itself.
+_GRAPH_OPS = ("Constant", "Identity", "Dropout")
+SUPPORTED_OPS: tuple[str, ...] = (*ONNX_OPS, *_GRAPH_OPS)
 EXPORT_OPSET = 13
 
 
@@ -57,7 +46,7 @@ def network_from_onnx(model: onnx.ModelProto, name: str = "network", where: str 
     ONNX (wrong attribute types, mixed float32/float64 operands, short initializer data) has no
     meaning that vfnn could verify.  ``check=False`` leaves only the importer's own checks.  The
     graph's input and output are checked first: their messages say more than the checker's."""
-    importer = _Importer(model, where)
+    importer = Importer(model, where)
     if check:
         check_model(model, where)
     return importer.run(name)
@@ -91,7 +80,11 @@ def _decode(t: onnx.TensorProto, where: str) -> np.ndarray:
         raise ModelError(f"{where}: tensor {t.name!r} cannot be decoded ({_one_line(str(exc), 160)})") from None
 
 
-class _Importer:
+class Importer:
+    """Walks an ONNX graph as a chain; layer kinds import their own operators (``from_onnx``)
+    through its checked accessors and :meth:`push`."""
+
+
     def __init__(self, model: onnx.ModelProto, where: str):
         self.where = where
         graph = model.graph
@@ -214,7 +207,7 @@ class _Importer:
         except ModelError as exc:
             raise ModelError(f"{self.where}: {exc}") from None
         for i, layer in enumerate(net.layers):  # folding multiplies weights: float32 can overflow
-            if (part := nonfinite_part(layer)) is not None:
+            if (part := layer.nonfinite_part()) is not None:
                 raise ModelError(f"{self.where}: layer {i} ({type(layer).__name__}) has a non-finite {part} "
                                  "after folding normalisation into it (float32 overflow)")
         return net
@@ -247,7 +240,7 @@ class _Importer:
                 single = Network(self.shape, (layer,))
         except ModelError as exc:
             raise self.fail(node, str(exc)) from None
-        if (part := nonfinite_part(single.layers[0])) is not None:
+        if (part := single.layers[0].nonfinite_part()) is not None:
             raise self.fail(node, f"the layer's {part} is not finite in float32 (NaN, infinite, or too large)")
         self.layers.append(layer)
         self.shape = single.output_shape
@@ -262,191 +255,16 @@ class _Importer:
 
     def apply(self, node: onnx.NodeProto) -> None:
         op = node.op_type
-        if op == "Identity":
-            return
-        if op == "Relu":
-            self.push(ReLU(), node)
-        elif op in ("Add", "Sub", "Mul", "Div"):
-            self.elementwise(node, op)
-        elif op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
-            self.reshape(node, op)
-        else:
-            getattr(self, f"op_{op.lower()}")(node)
-
-    def op_dropout(self, node: onnx.NodeProto) -> None:
-        # run() has made sure that every input but the data is a constant
-        if len(node.input) > 2 and node.input[2] and np.any(self.consts[node.input[2]]):
-            raise self.fail(node, "Dropout in training mode is random; export the network in eval mode")
-
-    def op_gemm(self, node: onnx.NodeProto) -> None:
-        if self.attr(node, "transA", "int", 0):
-            raise self.fail(node, "transA=1 is not supported")
-        trans_b = self.attr(node, "transB", "int", 0)
-        alpha, beta = self.attr(node, "alpha", "float", 1.0), self.attr(node, "beta", "float", 1.0)
-        w = self.operand(node, 1, "weight")
-        if w.ndim != 2:
-            raise self.fail(node, f"the weight must be a matrix, got shape {w.shape}")
-        w = (w if trans_b else w.T) * alpha
-        bias = self.operand(node, 2, "bias", optional=True)
-        if bias is None:
-            bias = np.zeros(w.shape[0])
-        elif bias.size not in (1, w.shape[0]) or (bias.ndim == 2 and bias.shape[0] != 1) or bias.ndim > 2:
-            raise self.fail(node, f"bias of shape {bias.shape} does not fit {w.shape[0]} outputs")
-        self.dense(node, w, np.broadcast_to(bias.reshape(-1) * beta, (w.shape[0],)).copy())
-
-    def op_matmul(self, node: onnx.NodeProto) -> None:
-        w, first = self.const(node)
-        if first or w.ndim != 2:
-            raise self.fail(node, "only input @ constant-matrix is supported")
-        self.dense(node, w.T, np.zeros(w.shape[1]))
-
-    def elementwise(self, node: onnx.NodeProto, op: str) -> None:
-        c, first = self.const(node)
-        c = self.broadcast(node, c)
-        if op == "Div" and first:
-            raise self.fail(node, "dividing a constant by the input is not piecewise linear")
-        one, zero = np.ones(self.shape), np.zeros(self.shape)
-        if op == "Div" and np.any(c == 0):
-            raise self.fail(node, "division by zero")
-        if op == "Add":
-            scale, shift = one, c
-        elif op == "Sub":
-            scale, shift = (-one, c) if first else (one, -c)
-        else:
-            scale, shift = (c if op == "Mul" else 1.0 / c), zero
-        self.push(ElementwiseAffine(scale, shift), node)
-
-    def op_batchnormalization(self, node: onnx.NodeProto) -> None:
-        if len(self.shape) not in (1, 3):
-            raise self.fail(node, f"batch-norm on shape {self.shape} is not supported")
-        if self.attr(node, "training_mode", "int", 0) or any(node.output[1:]):
-            raise self.fail(node, "batch-norm in training mode uses batch statistics; export in eval mode")
-        if self.attr(node, "spatial", "int", 1) != 1:
-            raise self.fail(node, "batch-norm with spatial=0 is not supported")
-        g, b, mean, var = (self.operand(node, i, what) for i, what in
-                           enumerate(("scale", "bias", "mean", "variance"), start=1))
-        for v, what in ((g, "scale"), (b, "bias"), (mean, "mean"), (var, "variance")):
-            if v.shape != (self.shape[0],):
-                raise self.fail(node, f"{what} of shape {v.shape} does not fit {self.shape[0]} channels")
-        eps = self.attr(node, "epsilon", "float", 1e-5)
-        if np.any(var < 0) or np.any(var + eps <= 0):
-            raise self.fail(node, f"variance {node.input[4]!r} is negative (or variance + epsilon is not positive)")
-        s = g / np.sqrt(var + eps)
-        extra = (1,) * (len(self.shape) - 1)
-        self.push(ElementwiseAffine(np.broadcast_to(s.reshape(-1, *extra), self.shape).copy(),
-                                    np.broadcast_to((b - mean * s).reshape(-1, *extra), self.shape).copy()), node)
+        if op == "Dropout":
+            # run() has made sure that every input but the data is a constant
+            if len(node.input) > 2 and node.input[2] and np.any(self.consts[node.input[2]]):
+                raise self.fail(node, "Dropout in training mode is random; export the network in eval mode")
+        elif op != "Identity":
+            ONNX_OPS[op].from_onnx(self, node)
 
     def check_pad_mode(self, node: onnx.NodeProto) -> None:
         if self.attr(node, "auto_pad", "string", "NOTSET") not in ("NOTSET", "VALID"):
             raise self.fail(node, "auto_pad is not supported; export with explicit pads")
-
-    def op_conv(self, node: onnx.NodeProto) -> None:
-        w = self.operand(node, 1, "weight")
-        if w.ndim != 4:
-            raise self.fail(node, f"only 2-D convolutions are supported (weight of shape {w.shape})")
-        if self.attr(node, "group", "int", 1) != 1 or any(d != 1 for d in self.ints(node, "dilations", 2, [1, 1], 1)):
-            raise self.fail(node, "grouped or dilated convolutions are not supported")
-        self.check_pad_mode(node)
-        kernel = self.ints(node, "kernel_shape", 2, list(w.shape[2:]), 1)
-        if kernel != w.shape[2:]:
-            raise self.fail(node, f"kernel_shape {list(kernel)} does not match the weight's {list(w.shape[2:])}")
-        bias = self.operand(node, 2, "bias", optional=True)
-        bias = np.zeros(w.shape[0]) if bias is None else bias
-        if bias.shape != (w.shape[0],):
-            raise self.fail(node, f"bias of shape {bias.shape} does not fit {w.shape[0]} output channels")
-        pads = self.ints(node, "pads", 4, [0, 0, 0, 0], 0)
-        self.push(Conv2d(w, bias, self.ints(node, "strides", 2, [1, 1], 1), pads), node)
-
-    def op_averagepool(self, node: onnx.NodeProto) -> None:
-        self.check_pad_mode(node)
-        k = self.ints(node, "kernel_shape", 2, None, 1)
-        s = self.ints(node, "strides", 2, list(k), 1)
-        if any(self.ints(node, "pads", 4, [0, 0, 0, 0], 0)):
-            raise self.fail(node, "padded average pooling is not supported")
-        if any(d != 1 for d in self.ints(node, "dilations", 2, [1, 1], 1)):
-            raise self.fail(node, "dilated average pooling is not supported")
-        if len(self.shape) != 3:
-            raise self.fail(node, f"expects a (C, H, W) input, gets {self.shape}")
-        partial = any((n - kk) % ss for n, kk, ss in zip(self.shape[1:], k, s, strict=True))
-        if self.attr(node, "ceil_mode", "int", 0) and partial:
-            # ceil mode adds partial windows at the border (averaged over fewer pixels): not an AvgPool2d.
-            raise self.fail(node, f"ceil_mode=1 adds partial windows on input {self.shape} (kernel {list(k)}, "
-                                  f"strides {list(s)}); vfnn supports floor mode only")
-        self.push(AvgPool2d(k, s), node)
-
-    def op_transpose(self, node: onnx.NodeProto) -> None:
-        perm = self.attr(node, "perm", "ints", [])
-        if sorted(perm) != list(range(len(self.shape) + 1)) or perm[0] != 0:
-            raise self.fail(node, f"perm {perm} is not a permutation of the {len(self.shape) + 1} axes that keeps "
-                                  "the batch axis first")
-        sample_perm = [p - 1 for p in perm[1:]]
-        idx = np.arange(int(np.prod(self.shape))).reshape(self.shape).transpose(sample_perm).reshape(-1)
-        if not np.array_equal(idx, np.arange(idx.size)):
-            self.perm = idx if self.perm is None else self.perm[idx]
-        self.shape = tuple(self.shape[p] for p in sample_perm)
-
-    def reshape(self, node: onnx.NodeProto, op: str) -> None:
-        if op == "Flatten":
-            if self.attr(node, "axis", "int", 1) != 1:
-                raise self.fail(node, "only Flatten(axis=1) is supported")
-            target: tuple[int, ...] = (int(np.prod(self.shape)),)
-        elif op == "Reshape":
-            target = self.reshape_target(node)
-        else:
-            target = self.squeeze_target(node, op)
-        if len(target) == 1:
-            self.push(Flatten(), node)
-        elif self.layers and isinstance(self.layers[-1], Flatten) or all(
-            d == 1 for d in target[:-1]) or target == self.shape:
-            # A reshape to a rank the network does not use for computation: keep the data order.
-            self.shape = target
-        else:
-            raise self.fail(node, f"reshape from {self.shape} to {target} is not a flatten")
-
-    def reshape_target(self, node: onnx.NodeProto) -> tuple[int, ...]:
-        """The sample shape a Reshape produces (batch 1), with ONNX's 0 (copy) and -1 (infer) resolved."""
-        n, full = int(np.prod(self.shape)), (1, *self.shape)
-        spec = [int(s) for s in self.operand(node, 1, "shape", kind="int").reshape(-1)]
-        if self.attr(node, "allowzero", "int", 0) and 0 in spec:
-            raise self.fail(node, "allowzero=1 with a 0 in the shape makes an empty tensor")
-        bad_zero = any(s == 0 and i >= len(full) for i, s in enumerate(spec))
-        if bad_zero or spec.count(-1) > 1 or min(spec, default=0) < -1:
-            raise self.fail(node, f"invalid reshape target {spec} for shape {self.shape}")
-        spec = [full[i] if s == 0 else s for i, s in enumerate(spec)]
-        known = int(np.prod([s for s in spec if s != -1]))
-        if -1 in spec and known > 0 and n % known == 0:
-            spec[spec.index(-1)] = n // known
-        if int(np.prod(spec)) != n or -1 in spec:
-            raise self.fail(node, f"cannot reshape {self.shape} to {spec}")
-        if len(spec) == 1:
-            return (n,)
-        if spec[0] != 1:
-            raise self.fail(node, f"reshape to {spec} changes the batch axis")
-        return tuple(spec[1:])
-
-    def squeeze_target(self, node: onnx.NodeProto, op: str) -> tuple[int, ...]:
-        """Squeeze/Unsqueeze: only dimensions of size 1 move, the data order stays."""
-        axes = self.attr(node, "axes", "ints", None)
-        if axes is None:
-            given = self.operand(node, 1, "axes", kind="int", optional=True)
-            axes = [] if given is None else [int(v) for v in given.reshape(-1)]
-        full = [1, *self.shape]
-        rank = len(full) + (len(axes) if op == "Unsqueeze" else 0)
-        if any(not -rank <= x < rank for x in axes) or len({x % rank for x in axes}) != len(axes):
-            raise self.fail(node, f"axes {axes} are invalid for rank {rank}")
-        axes = [x % rank for x in axes]
-        if op == "Squeeze":
-            axes = axes or [i for i, d in enumerate(full) if d == 1 and i]
-            if 0 in axes:
-                raise self.fail(node, "squeezing the batch axis is not supported")
-            if any(full[x] != 1 for x in axes):
-                raise self.fail(node, f"cannot squeeze axes {axes} of shape {tuple(full)}: they are not of size 1")
-            return tuple(d for i, d in enumerate(full) if i not in axes)[1:]
-        if 0 in axes:
-            raise self.fail(node, "unsqueezing in front of the batch axis is not supported")
-        for ax in sorted(axes):
-            full.insert(ax, 1)
-        return tuple(full[1:])
 
 
 def _sample_shape(value: onnx.ValueInfoProto, where: str) -> tuple[int, ...]:
@@ -478,32 +296,9 @@ def network_to_onnx(net: Network) -> onnx.ModelProto:
     current = "input"
     for i, layer in enumerate(net.layers):
         out = "output" if i == len(net.layers) - 1 else f"{type(layer).__name__.lower()}_{i}"
-        if isinstance(layer, Dense):
-            inits += [numpy_helper.from_array(layer.weight.astype(np.float32), f"W{i}"),
-                      numpy_helper.from_array(layer.bias.astype(np.float32), f"B{i}")]
-            nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"B{i}"], [out], transB=1))
-        elif isinstance(layer, Conv2d):
-            inits += [numpy_helper.from_array(layer.weight.astype(np.float32), f"W{i}"),
-                      numpy_helper.from_array(layer.bias.astype(np.float32), f"B{i}")]
-            kh, kw = layer.weight.shape[2:]
-            nodes.append(helper.make_node("Conv", [current, f"W{i}", f"B{i}"], [out], kernel_shape=[kh, kw],
-                                          strides=list(layer.stride), pads=list(layer.padding)))
-        elif isinstance(layer, ReLU):
-            nodes.append(helper.make_node("Relu", [current], [out]))
-        elif isinstance(layer, Flatten):
-            nodes.append(helper.make_node("Flatten", [current], [out], axis=1))
-        elif isinstance(layer, AvgPool2d):
-            nodes.append(helper.make_node("AveragePool", [current], [out], kernel_shape=list(layer.kernel),
-                                          strides=list(layer.stride)))
-        elif isinstance(layer, ElementwiseAffine) and _diagonal_conv(layer) is not None:
-            w, b = _diagonal_conv(layer)
-            inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
-            nodes.append(helper.make_node("Conv", [current, f"W{i}", f"B{i}"], [out], kernel_shape=[1, 1]))
-        elif isinstance(layer, ElementwiseAffine):  # per-pixel affine: no clean form exists
-            inits += [numpy_helper.from_array(layer.scale[None].astype(np.float32), f"S{i}"),
-                      numpy_helper.from_array(layer.shift[None].astype(np.float32), f"T{i}")]
-            nodes += [helper.make_node("Mul", [current, f"S{i}"], [out + "_mul"]),
-                      helper.make_node("Add", [out + "_mul", f"T{i}"], [out])]
+        layer_nodes, layer_inits = layer.to_onnx(i, current, out)
+        nodes += layer_nodes
+        inits += layer_inits
         current = out
     for node in nodes:  # named, so that checker and importer messages can say which node
         node.name = node.output[0]
@@ -517,19 +312,6 @@ def network_to_onnx(net: Network) -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
-
-
-def _diagonal_conv(layer: ElementwiseAffine) -> tuple[np.ndarray, np.ndarray] | None:
-    """A per-channel affine on (C, H, W) as the weights of an exact 1x1 Conv, else None."""
-    if layer.scale.ndim != 3:
-        return None
-    s, t = per_channel_values(layer.scale), per_channel_values(layer.shift)
-    if s is None or t is None:
-        return None
-    c = layer.scale.shape[0]
-    w = np.zeros((c, c, 1, 1), np.float32)
-    w[np.arange(c), np.arange(c), 0, 0] = s
-    return w, t.astype(np.float32)
 
 
 def save_onnx(net: Network, path: str | Path) -> Path:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from vfnn.bounds.plan import Plan, make_plan
-from vfnn.bounds.propagate import Relaxation, alpha_crown, alpha_group_size, crown_intermediate, crown_output, ibp
+from vfnn.bounds.propagate import alpha_crown, alpha_group_size, crown_intermediate, crown_output, ibp
 
 Method = Literal["ibp", "crown-ibp", "crown", "alpha-crown"]
 METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "alpha-crown")
@@ -101,7 +101,7 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
         return Bounds(pre, lo, hi)
     if method == "crown-ibp":
         pre, _ = ibp(plan, lower, upper, None)
-        lo, hi = crown_output(plan, [Relaxation.of(pl, pu) for pl, pu in pre], lower, upper, C)
+        lo, hi = crown_output(plan, [plan.relax(i, pl, pu) for i, (pl, pu) in enumerate(pre)], lower, upper, C)
         return Bounds(pre, lo, hi)
     if method == "crown":
         pre, relax = crown_intermediate(plan, lower, upper)

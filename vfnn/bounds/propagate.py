@@ -10,14 +10,12 @@ GEMM or transposed convolution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from math import prod
 
 import torch
-from torch import nn
 
-from vfnn.bounds.affine import Affine
-from vfnn.bounds.plan import Plan
+from vfnn.bounds.plan import Affine, Plan
+from vfnn.layers import Conv2d, Dense, Flatten, Relaxation
 
 # Largest number of elements one coefficient tensor may hold before rows are split into chunks.
 ELEMENT_BUDGET = 1 << 25
@@ -29,29 +27,6 @@ ALPHA_BUDGET = 1 << 26
 SPARSE_FRACTION = 0.9
 
 Interval = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class Relaxation:
-    """CROWN's linear bounds of one ReLU layer: ``ld*x <= relu(x) <= ud*x + ub`` (each (B, *shape))."""
-
-    lower_d: torch.Tensor
-    upper_d: torch.Tensor
-    upper_b: torch.Tensor
-    active: torch.Tensor  # l >= 0
-    unstable: torch.Tensor  # not active and u > 0
-
-    @staticmethod
-    def of(lower: torch.Tensor, upper: torch.Tensor) -> Relaxation:
-        """The triangle relaxation with the adaptive lower slope, computed as auto_LiRPA does
-        (including its 1e-8 guard), so stable neurons get slopes exactly 0 or 1."""
-        lb_r = lower.clamp(max=0)
-        ub_r = torch.max(upper.clamp(min=0), lb_r + 1e-8)
-        upper_d = ub_r / (ub_r - lb_r)
-        upper_b = -lb_r * upper_d
-        lower_d = (upper_d > 0.5).to(upper_d.dtype)
-        active = lower >= 0
-        return Relaxation(lower_d, upper_d, upper_b, active, ~active & (upper > 0))
 
 
 # -- IBP --------------------------------------------------------------------------------------------
@@ -79,9 +54,9 @@ def ibp(plan: Plan, lower: torch.Tensor, upper: torch.Tensor,
     for i in range(plan.n_relu):
         lo, hi = ibp_chain(plan.chains[i], lo, hi)
         pre.append((lo, hi))
-        lo, hi = lo.clamp(min=0), hi.clamp(min=0)
+        lo, hi = plan.activations[i].interval(lo, hi)
     last = plan.chains[-1]
-    if C is not None and last and isinstance(last[-1].module, nn.Linear):
+    if C is not None and last and last[-1].kind is Dense:
         lo, hi = ibp_chain(last[:-1], lo, hi)
         m = last[-1].module
         W = C @ m.weight.to(C.dtype)
@@ -182,9 +157,9 @@ def spec_rows(plan: Plan, C: torch.Tensor | None, dtype: torch.dtype, device: to
 def _ibp_only(chain: list[Affine], first: bool) -> bool:
     """Chains whose pre-activation bounds auto_LiRPA takes from interval arithmetic: reshapes
     only (nothing to relax), and a single Linear/Conv on the input (IBP is exact there)."""
-    if all(isinstance(a.module, nn.Flatten) for a in chain):
+    if all(a.kind is Flatten for a in chain):
         return True
-    return first and len(chain) == 1 and isinstance(chain[0].module, (nn.Linear, nn.Conv2d))
+    return first and len(chain) == 1 and chain[0].kind in (Dense, Conv2d)
 
 
 def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor) -> tuple[list[Interval], list[Relaxation]]:
@@ -200,7 +175,7 @@ def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor) -> 
     pre: list[Interval] = []
     relax: list[Relaxation] = []
     for i in range(plan.n_relu):
-        lo, hi = (lower, upper) if i == 0 else (pre[-1][0].clamp(min=0), pre[-1][1].clamp(min=0))
+        lo, hi = (lower, upper) if i == 0 else plan.activations[i - 1].interval(*pre[-1])
         ref_l, ref_u = ibp_chain(plan.chains[i], lo, hi)
         if not _ibp_only(plan.chains[i], i == 0):
             shape = plan.pre_shapes[i]
@@ -216,7 +191,7 @@ def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor) -> 
                 cl, cu = crown_rows(plan, relax, i, None, center, diff)
                 ref_l, ref_u = cl.reshape(B, *shape), cu.reshape(B, *shape)
         pre.append((ref_l, ref_u))
-        relax.append(Relaxation.of(ref_l, ref_u))
+        relax.append(plan.relax(i, ref_l, ref_u))
     return pre, relax
 
 
@@ -277,7 +252,7 @@ def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.T
     with torch.no_grad():
         pre0, relax0 = crown_intermediate(plan, lower, upper)
         pre0 = [(lo.detach(), hi.detach()) for lo, hi in pre0]
-        relax0 = [Relaxation.of(lo, hi) for lo, hi in pre0]
+        relax0 = [plan.relax(i, lo, hi) for i, (lo, hi) in enumerate(pre0)]
         best_l, best_u = crown_output(plan, relax0, lower, upper, C)
     best_pre = list(pre0)
     if steps <= 0 or not any(bool(r.unstable.any()) for r in relax0):
@@ -306,7 +281,7 @@ def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.T
         pre, relax = list(pre0), list(relax0)
         for i, idx in rows.items():
             pre[i] = _refine_rows(plan, relax, i, idx, pre0[i], center, diff, inter[i])
-            relax[i] = Relaxation.of(*pre[i])
+            relax[i] = plan.relax(i, *pre[i])
         return pre, crown_output(plan, relax, lower, upper, C, final)
 
     for step in range(steps + 1):

@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from vfnn.errors import ModelError
-from vfnn.network import ElementwiseAffineModule
+from vfnn.layers import ACTIVATION_MODULES
+from vfnn.network import ElementwiseAffineModule, Network
 
-MODEL_FORMAT = "vfnn-model-1"
+MODEL_FORMAT = "vfnn-model-2"  # 1 stored a layer description and a state_dict
 
 # (out_channels, kernel, stride, padding) per conv layer, then hidden fc widths.
 CNN_ARCHS: dict[str, tuple[tuple[tuple[int, int, int, int], ...], tuple[int, ...]]] = {
@@ -103,17 +104,17 @@ def build_model(arch: str | Arch, input_shape: tuple[int, ...], n_classes: int,
 
 
 def forward_with_preacts(model: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits and the input of every ReLU (the pre-activations whose sign is the neuron state)."""
+    """Logits and the input of every activation (the pre-activations whose sign is the neuron state)."""
     pre = []
     for m in model:
-        if isinstance(m, nn.ReLU):
+        if isinstance(m, ACTIVATION_MODULES):
             pre.append(x)
         x = m(x)
     return x, pre
 
 
 def relu_layer_sizes(model: nn.Sequential, input_shape: tuple[int, ...]) -> list[int]:
-    """Number of neurons in each ReLU layer."""
+    """Number of neurons in each activation layer."""
     p = next(model.parameters(), None)
     dev = p.device if p is not None else torch.device("cpu")
     with torch.no_grad():
@@ -121,63 +122,25 @@ def relu_layer_sizes(model: nn.Sequential, input_shape: tuple[int, ...]) -> list
     return [int(z[0].numel()) for z in pre]
 
 
-def describe(model: nn.Sequential) -> list[dict]:
-    """Plain-typed description of the layers, enough to rebuild the module for a state_dict."""
-    out: list[dict] = []
-    for m in model:
-        if isinstance(m, nn.Linear):
-            out.append({"type": "linear", "in": m.in_features, "out": m.out_features})
-        elif isinstance(m, nn.Conv2d):
-            out.append({"type": "conv2d", "in": m.in_channels, "out": m.out_channels,
-                        "kernel": list(m.kernel_size), "stride": list(m.stride), "padding": list(m.padding)})
-        elif isinstance(m, ElementwiseAffineModule):
-            out.append({"type": "affine", "shape": list(m.scale.shape)})
-        elif isinstance(m, nn.ReLU):
-            out.append({"type": "relu"})
-        elif isinstance(m, nn.Flatten):
-            out.append({"type": "flatten"})
-        elif isinstance(m, nn.AvgPool2d):
-            out.append({"type": "avgpool", "kernel": _pair(m.kernel_size), "stride": _pair(m.stride)})
-        else:
-            raise ModelError(f"cannot train a model containing {type(m).__name__}")
-    return out
+def model_state(model: nn.Sequential, input_shape: tuple[int, ...]) -> dict:
+    """The model in its :class:`~vfnn.network.Network` form (one layer per module, nothing
+    folded), as plain data that ``torch.load(weights_only=True)`` reads back."""
+    return Network.from_torch(model, input_shape, simplify=False).to_state()
 
 
-def _pair(v: int | tuple[int, ...]) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(v[0]), int(v[1])]
-
-
-def from_description(layers: list[dict]) -> nn.Sequential:
-    """Inverse of :func:`describe` (parameters uninitialised until a state_dict is loaded)."""
-    mods: list[nn.Module] = []
-    for d in layers:
-        t = d.get("type")
-        if t == "linear":
-            mods.append(nn.Linear(d["in"], d["out"]))
-        elif t == "conv2d":
-            mods.append(nn.Conv2d(d["in"], d["out"], tuple(d["kernel"]), stride=tuple(d["stride"]),
-                                  padding=tuple(d["padding"])))
-        elif t == "affine":
-            mods.append(ElementwiseAffineModule(torch.ones(d["shape"]), torch.zeros(d["shape"])))
-        elif t == "relu":
-            mods.append(nn.ReLU())
-        elif t == "flatten":
-            mods.append(nn.Flatten())
-        elif t == "avgpool":
-            mods.append(nn.AvgPool2d(tuple(d["kernel"]), tuple(d["stride"])))
-        else:
-            raise ModelError(f"unknown layer type {t!r} in a saved model")
-    return nn.Sequential(*mods)
+def model_from_state(state: dict) -> nn.Sequential:
+    """Inverse of :func:`model_state`: the same modules with the same weights, bit for bit."""
+    return Network.from_state(state).to_torch()
 
 
 def save_model_pt(path: str | Path, model: nn.Sequential, meta: dict) -> Path:
-    """Write ``model.pt``: a state_dict, the layer description and plain metadata.
+    """Write ``model.pt``: the network (:func:`model_state`) and plain metadata (which must hold
+    ``input_shape``).
 
     Loadable with ``torch.load(path, weights_only=True)``; rebuild with :func:`load_model`.
     """
     path = Path(path)
-    payload = {"format": MODEL_FORMAT, "layers": describe(model),
-               "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, **meta}
+    payload = {"format": MODEL_FORMAT, "network": model_state(model, tuple(meta["input_shape"])), **meta}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -196,19 +159,18 @@ def load_model(path: str | Path) -> tuple[nn.Sequential, dict]:
         from vfnn.onnx_io import load_onnx
 
         net = load_onnx(path)
-        model = net.to_torch()
-        describe(model)  # rejects modules we cannot train
-        return model, {"input_shape": list(net.input_shape), "n_classes": net.output_size, "source": "onnx"}
+        return net.to_torch(), {"input_shape": list(net.input_shape), "n_classes": net.output_size, "source": "onnx"}
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign/corrupt files
         raise ModelError(f"{path}: not a readable model file ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{path}: not a vfnn model.pt (expected format {MODEL_FORMAT})")
-    model = from_description(payload["layers"])
+        found = payload.get("format") if isinstance(payload, dict) else None
+        hint = f" (found {found}: written by an older vfnn; use its model.onnx or retrain)" if found else ""
+        raise ModelError(f"{path}: not a vfnn model.pt (expected format {MODEL_FORMAT}){hint}")
     try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not match the layer description ({str(exc).splitlines()[0]})") from None
-    meta = {k: v for k, v in payload.items() if k not in ("layers", "state_dict", "format")}
+        model = model_from_state(payload["network"])
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    meta = {k: v for k, v in payload.items() if k not in ("network", "format")}
     return model, meta

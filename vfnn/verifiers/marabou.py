@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Network, per_channel_values
+from vfnn.errors import ModelError
+from vfnn.network import Network
 from vfnn.verifiers.base import Availability, Option, Problem, RawOutcome, ToolCrashed, UnsupportedProblem, Verifier
 from vfnn.verifiers.replay import SPEC_ATOL
 
@@ -39,26 +40,14 @@ _STATS = {  # tool_stats key -> StatisticsUnsignedAttribute name
 
 
 def marabou_network(net: Network) -> Network:
-    """The same function with only operators Marabou's ONNX parser reads correctly: average
-    pooling becomes a convolution with a diagonal kernel, a flat per-element affine a diagonal
-    Gemm (per-channel affines are exported as 1x1 convolutions already)."""
-    layers = []
-    shape = tuple(net.input_shape)
-    for layer, out_shape in zip(net.layers, net.layer_shapes(), strict=True):
-        if isinstance(layer, AvgPool2d):
-            c = shape[0]
-            w = np.zeros((c, c, *layer.kernel), np.float32)
-            w[np.arange(c), np.arange(c)] = 1.0 / (layer.kernel[0] * layer.kernel[1])
-            layer = Conv2d(w, np.zeros(c, np.float32), layer.stride)
-        elif isinstance(layer, ElementwiseAffine) and layer.scale.ndim == 1:
-            layer = Dense(np.diag(layer.scale).astype(np.float32), layer.shift.astype(np.float32))
-        elif isinstance(layer, ElementwiseAffine) and (
-                layer.scale.ndim != 3 or per_channel_values(layer.scale) is None
-                or per_channel_values(layer.shift) is None):
-            raise UnsupportedProblem("a per-pixel affine layer has no form Marabou's ONNX parser reads correctly")
-        layers.append(layer)
-        shape = out_shape
-    return Network(net.input_shape, tuple(layers), net.name)
+    """The same function with only operators Marabou's ONNX parser reads correctly (each layer
+    kind's :meth:`~vfnn.layers.base.Layer.for_marabou`: e.g. average pooling becomes a diagonal
+    convolution, a flat per-element affine a diagonal Gemm)."""
+    try:
+        layers = tuple(layer.for_marabou(shape) for layer, shape in zip(net.layers, net.input_shapes(), strict=True))
+    except ModelError as exc:
+        raise UnsupportedProblem(str(exc)) from None
+    return Network(net.input_shape, layers, net.name)
 
 
 class MarabouError(ToolCrashed):

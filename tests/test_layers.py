@@ -1,0 +1,180 @@
+"""The layer-kind contract: every registered kind implements every form, and the forms agree.
+
+A new kind added to ``vfnn.layers.KINDS`` without an entry in SAMPLES fails
+``test_every_kind_has_a_sample``; with one, every check below runs on it."""
+
+from __future__ import annotations
+
+import inspect
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper
+
+from vfnn.errors import ModelError
+from vfnn.layers import KINDS, ONNX_OPS, ActivationLayer, AffineLayer, Layer, layer_from_state
+from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
+from vfnn.onnx_io import network_from_onnx, network_to_onnx
+from vfnn.verifiers.marabou import marabou_network
+
+rng = np.random.default_rng(0)
+
+
+def _f(*shape: int, scale: float = 1.0) -> np.ndarray:
+    return (rng.normal(size=shape) * scale).astype(np.float32)
+
+
+# (layer, input shape) per kind; several for kinds with distinct cases.
+SAMPLES: dict[type[Layer], list[tuple[Layer, tuple[int, ...]]]] = {
+    Dense: [(Dense(_f(4, 6), _f(4)), (6,))],
+    Conv2d: [(Conv2d(_f(3, 2, 3, 3), _f(3), (2, 1), (1, 1, 1, 1)), (2, 6, 5)),
+             (Conv2d(_f(2, 1, 2, 2), _f(2)), (1, 4, 4))],
+    ElementwiseAffine: [(ElementwiseAffine(_f(2, 3, 3) + 2, _f(2, 3, 3)), (2, 3, 3)),  # per pixel
+                        (ElementwiseAffine(np.broadcast_to(_f(2, 1, 1) + 2, (2, 3, 3)).copy(),
+                                           np.broadcast_to(_f(2, 1, 1), (2, 3, 3)).copy()), (2, 3, 3)),
+                        (ElementwiseAffine(_f(5) + 2, _f(5)), (5,))],
+    AvgPool2d: [(AvgPool2d((2, 2), (2, 2)), (2, 4, 6)), (AvgPool2d((3, 2), (1, 2)), (1, 5, 5))],
+    Flatten: [(Flatten(), (2, 3, 4))],
+    ReLU: [(ReLU(), (7,)), (ReLU(), (2, 3, 3))],
+}
+CASES = [pytest.param(layer, shape, id=f"{type(layer).__name__}-{i}")
+         for kind in KINDS for i, (layer, shape) in enumerate(SAMPLES.get(kind, []))]
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+def _x(shape: tuple[int, ...], n: int = 3) -> np.ndarray:
+    return rng.uniform(-1, 1, (n, *shape))
+
+
+def _arrays_equal(a: Layer, b: Layer) -> bool:
+    return type(a) is type(b) and repr(a) == repr(b) and a.arrays().keys() == b.arrays().keys() and all(
+        np.array_equal(a.arrays()[k], b.arrays()[k]) for k in a.arrays())
+
+
+def test_every_kind_has_a_sample_and_implements_the_contract() -> None:
+    for kind in KINDS:
+        assert kind in SAMPLES, f"{kind.__name__} has no sample in tests/test_layers.py"
+        assert not inspect.isabstract(kind), f"{kind.__name__} lacks {sorted(kind.__abstractmethods__)}"
+        assert issubclass(kind, (AffineLayer, ActivationLayer))
+        assert kind.module_types and kind.onnx_ops
+    assert len({k.kind for k in KINDS}) == len(KINDS)
+    assert sum(len(k.onnx_ops) for k in KINDS) == len(ONNX_OPS)  # no operator owned twice
+
+
+def test_a_kind_missing_a_method_cannot_be_built() -> None:
+    class Half(AffineLayer):  # no bound maps, no ONNX, no MILP
+        kind = "half"
+
+        def output_shape(self, shape):  # type: ignore[no-untyped-def]
+            return shape
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+
+
+@pytest.mark.parametrize("layer, shape", CASES)
+def test_torch_module_and_read_back(layer: Layer, shape: tuple[int, ...]) -> None:
+    net = Network(shape, (layer,))
+    m = layer.to_module()
+    back = type(layer).from_module(m)
+    assert _arrays_equal(back, net.layers[0])
+    x = _x(shape)
+    y = m.double()(torch.as_tensor(x)).numpy()
+    assert y.shape == (len(x), *net.output_shape)
+
+
+@pytest.mark.parametrize("layer, shape", CASES)
+def test_model_pt_state_round_trip(layer: Layer, shape: tuple[int, ...]) -> None:
+    net = Network(shape, (layer,), "one")
+    buf = io.BytesIO()
+    torch.save(net.to_state(), buf)
+    buf.seek(0)
+    back = Network.from_state(torch.load(buf, weights_only=True))
+    assert back.input_shape == shape and back.name == "one"
+    assert _arrays_equal(back.layers[0], net.layers[0])
+
+
+def test_bad_saved_state_is_a_model_error() -> None:
+    with pytest.raises(ModelError, match="unknown layer kind 'maxpool'"):
+        layer_from_state({"kind": "maxpool"})
+    with pytest.raises(ModelError, match="fields"):
+        layer_from_state({"kind": "dense", "weight": torch.zeros(2, 2)})
+
+
+@pytest.mark.parametrize("layer, shape", CASES)
+def test_onnx_export_import_matches_onnxruntime(layer: Layer, shape: tuple[int, ...]) -> None:
+    net = Network(shape, (layer,))
+    model = network_to_onnx(net)
+    x = _x(shape, 1).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x})[0].reshape(1, -1)
+    assert np.allclose(got, net.forward(x), atol=1e-5)
+    assert np.allclose(network_from_onnx(model).forward(x), net.forward(x), atol=1e-5)
+
+
+def test_every_onnx_operator_has_an_importer() -> None:
+    for op, kind in ONNX_OPS.items():
+        assert op in kind.onnx_ops
+    node = helper.make_node("Relu", ["x"], ["y"])
+    assert ONNX_OPS[node.op_type] is ReLU
+
+
+@pytest.mark.parametrize("layer, shape", [c for c in CASES if isinstance(c.values[0], AffineLayer)])
+def test_affine_maps_agree_with_the_forward_pass(layer: AffineLayer, shape: tuple[int, ...]) -> None:
+    """linear_map (MILP), interval (IBP) and backward (CROWN) are the same affine map as torch."""
+    kind, m = type(layer), layer.to_module().double()
+    out_shape = Network(shape, (layer,)).output_shape
+    x = _x(shape)
+    y = m(torch.as_tensor(x)).reshape(len(x), -1).numpy()
+    rows, cols, vals, bias = layer.linear_map(shape)
+    M = np.zeros((int(np.prod(out_shape)), int(np.prod(shape))))
+    np.add.at(M, (rows, cols), vals)
+    assert np.allclose(x.reshape(len(x), -1) @ M.T + bias, y, atol=1e-5)
+    # IBP: the interval contains every sampled point of the box.
+    lo, hi = torch.as_tensor(x.min(0, keepdims=True)), torch.as_tensor(x.max(0, keepdims=True))
+    ilo, ihi = kind.interval(m, lo, hi)
+    assert (ilo.reshape(1, -1).numpy() <= y + 1e-9).all() and (y <= ihi.reshape(1, -1).numpy() + 1e-9).all()
+    # CROWN: A @ f(x) == backward(A) . x + const, for random coefficient rows A.
+    A = torch.as_tensor(rng.normal(size=(1, 2, 3, *out_shape)))
+    Ain, const = kind.backward(m, A, shape, out_shape)
+    assert tuple(Ain.shape) == (1, 2, 3, *shape)
+    lhs = np.einsum("pqk,nk->npq", A.reshape(2, 3, -1).numpy(), y)
+    rhs = np.einsum("pqk,nk->npq", Ain.reshape(2, 3, -1).numpy(), x.reshape(len(x), -1))
+    if const is not None:
+        rhs = rhs + const.reshape(1, 2, 3).numpy()
+    assert np.allclose(lhs, rhs, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer, shape", [c for c in CASES if isinstance(c.values[0], ActivationLayer)])
+def test_activation_relaxation_bounds_the_activation(layer: ActivationLayer, shape: tuple[int, ...]) -> None:
+    kind, m = type(layer), layer.to_module().double()
+    lo = torch.as_tensor(rng.uniform(-2, 1, (4, *shape)))
+    hi = lo + torch.as_tensor(rng.uniform(0, 2, (4, *shape)))
+    r = kind.relax(m, lo, hi)
+    ilo, ihi = kind.interval(m, lo, hi)
+    for t in np.linspace(0, 1, 11):
+        z = lo + (hi - lo) * t
+        y = m(z)
+        assert (r.lower_d * z <= y + 1e-9).all() and (y <= r.upper_d * z + r.upper_b + 1e-9).all()
+        assert (ilo <= y + 1e-12).all() and (y <= ihi + 1e-12).all()
+
+
+@pytest.mark.parametrize("layer, shape", CASES)
+def test_marabou_form_computes_the_same_function(layer: Layer, shape: tuple[int, ...]) -> None:
+    net = Network(shape, (layer,))
+    if isinstance(layer, ElementwiseAffine) and layer.scale.ndim == 3 and layer.per_channel() is None:
+        from vfnn.verifiers.base import UnsupportedProblem
+
+        with pytest.raises(UnsupportedProblem, match="per-pixel"):
+            marabou_network(net)
+        return
+    x = _x(shape)
+    assert np.allclose(marabou_network(net).forward(x), net.forward(x), atol=1e-5)

@@ -1,0 +1,61 @@
+"""Layer kinds: one class per kind, each owning every form of itself (see :mod:`vfnn.layers.base`).
+
+:data:`KINDS` is the registry every consumer dispatches through; a new kind is one module here
+plus its entry in :data:`KINDS` (``tests/test_layers.py`` then checks it against the contract).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from vfnn.errors import ModelError
+from vfnn.layers.affine import ElementwiseAffine, ElementwiseAffineModule
+from vfnn.layers.avgpool import AvgPool2d
+from vfnn.layers.base import ActivationLayer, AffineLayer, Layer, Shape, pair, per_channel_values
+from vfnn.layers.conv import Conv2d
+from vfnn.layers.dense import Dense
+from vfnn.layers.flatten import Flatten
+from vfnn.layers.relu import Relaxation, ReLU
+
+KINDS: tuple[type[Layer], ...] = (Dense, Conv2d, ElementwiseAffine, AvgPool2d, Flatten, ReLU)
+# Modules that compute nothing at inference and are dropped when reading a torch model.
+SKIPPED_MODULES: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout)
+TORCH_MODULES: tuple[type[nn.Module], ...] = tuple(t for k in KINDS for t in k.module_types)
+# The torch modules whose input is a pre-activation (whose neurons can be unstable).
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = tuple(
+    t for k in KINDS if issubclass(k, ActivationLayer) for t in k.module_types)
+ONNX_OPS: dict[str, type[Layer]] = {op: k for k in KINDS for op in k.onnx_ops}
+_BY_NAME: dict[str, type[Layer]] = {k.kind: k for k in KINDS}
+
+__all__ = [
+    "ACTIVATION_MODULES", "KINDS", "ONNX_OPS", "SKIPPED_MODULES", "TORCH_MODULES", "ActivationLayer", "AffineLayer",
+    "AvgPool2d", "Conv2d", "Dense", "ElementwiseAffine", "ElementwiseAffineModule", "Flatten", "Layer", "ReLU",
+    "Relaxation", "Shape",
+    "kind_of_module", "layer_from_state", "leaf_modules", "pair", "per_channel_values",
+]
+
+
+def kind_of_module(m: nn.Module) -> type[Layer]:
+    """The layer kind whose torch form ``m`` is (ModelError naming the supported modules)."""
+    for k in KINDS:
+        if isinstance(m, k.module_types):
+            return k
+    supported = ", ".join(t.__name__ for t in (*TORCH_MODULES, *SKIPPED_MODULES))
+    raise ModelError(f"torch module {type(m).__name__} is not supported (supported: {supported})")
+
+
+def leaf_modules(module: nn.Module) -> list[nn.Module]:
+    """The modules of a (possibly nested) ``nn.Sequential`` in order, without the skipped ones."""
+    if isinstance(module, nn.Sequential):
+        return [leaf for child in module for leaf in leaf_modules(child)]
+    return [] if isinstance(module, SKIPPED_MODULES) else [module]
+
+
+def layer_from_state(state: Any) -> Layer:
+    """A layer from its ``model.pt`` state (:meth:`Layer.to_state`)."""
+    name = state.get("kind") if isinstance(state, dict) else None
+    if name not in _BY_NAME:
+        raise ModelError(f"unknown layer kind {name!r} in a saved model (known: {', '.join(_BY_NAME)})")
+    return _BY_NAME[name].from_state(state)
