@@ -10,12 +10,14 @@ scheduling mechanics that need a slow or crashing tool.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +28,13 @@ from torch import nn
 
 from vfnn.campaign.runner import run_campaign
 from vfnn.campaign.specgen import generate_specs
-from vfnn.campaign.store import load_latest
+from vfnn.campaign.store import ModelInfo, ResultStore, load_latest
+from vfnn.campaign.vnncomp import counterexample_text
 from vfnn.network import Network
 from vfnn.onnx_io import save_onnx
 from vfnn.spec import robustness_spec
 from vfnn.train.data import load_dataset
+from vfnn.verifiers.abcrown import parse_results
 from vfnn.verifiers.replay import validate_counterexample
 from vfnn.vnnlib import read_vnnlib, write_vnnlib
 
@@ -70,7 +74,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _statuses(records: dict) -> dict[str, str]:
-    return {k: r["result"]["status"] for k, r in records.items()}
+    return {k: r.status for k, r in records.items()}
 
 
 def test_reference_campaign_is_decided_and_sound(bench: dict) -> None:
@@ -79,11 +83,11 @@ def test_reference_campaign_is_decided_and_sound(bench: dict) -> None:
     st = _statuses(ref)
     assert set(st.values()) == {"sat", "unsat"}, st  # a tiny network decides every property
     for r in ref.values():
-        assert r["model"] == {"name": "run", "method": "ce"} and r["meta"]["eps"] in (0.01, 0.04, 0.15)
-        assert r["result"]["unstable"]["total_neurons"] == 16
-        if r["status"] == "sat":  # every reported counterexample really violates the property
-            spec = read_vnnlib(r["spec_path"], 64, 10)
-            ok, _, why = validate_counterexample(r["model_path"], spec, r["result"]["counterexample_input"])
+        assert r.model == ModelInfo("run", "ce") and r.eps in (0.01, 0.04, 0.15)
+        assert r.result.unstable.neurons == 16
+        if r.status == "sat":  # every reported counterexample really violates the property
+            spec = read_vnnlib(r.spec_path, 64, 10)
+            ok, _, why = validate_counterexample(r.model_path, spec, r.result.counterexample_input)
             assert ok, why
     rows = list(csv.reader((bench["root"] / "ref" / "milp" / "results.csv").open()))
     instances = list(csv.reader(bench["csv"].open()))
@@ -92,7 +96,13 @@ def test_reference_campaign_is_decided_and_sound(bench: dict) -> None:
     ref_dir = bench["root"] / "ref"
     assert (ref_dir / "results.csv").read_text() == (ref_dir / "milp" / "results.csv").read_text()
     n_sat = sum(r[4] == "sat" for r in rows)
-    assert len(list((bench["root"] / "ref" / "milp" / "specs").glob("*.counterexample.gz"))) == n_sat
+    files = sorted((bench["root"] / "ref" / "milp" / "specs").glob("*.counterexample.gz"))
+    assert len(files) == n_sat
+    # the same text as `vfnn verify --save-counterexample`, which α,β-CROWN's parser reads back
+    sat = next(r for r in ref.values() if r.status == "sat")
+    text = gzip.decompress((files[0].parent / f"model_{Path(sat.vnnlib).stem}.counterexample.gz").read_bytes()).decode()
+    assert text == counterexample_text(sat.result.counterexample_input, sat.result.counterexample_output)
+    assert parse_results("sat\n" + text).x == sat.result.counterexample_input
 
 
 def _bench_cmd(csv_path: Path, out: Path, *extra: str) -> list[str]:
@@ -116,7 +126,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(bench: dict, tmp_pa
     done_before = load_latest(results)
     assert 3 <= len(done_before) < 24
     # the workers die with their driver (PR_SET_PDEATHSIG): nothing keeps running unrecorded work
-    pids = {r["worker_pid"] for r in done_before.values()}
+    pids = {r.worker_pid for r in done_before.values()}
     t0 = time.monotonic()
     while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() - t0 < 10:
         time.sleep(0.1)
@@ -155,7 +165,7 @@ def test_bad_rows_become_errors_and_the_campaign_goes_on(bench: dict, tmp_path: 
                      show_progress=False)
     recs = list(load_latest(tmp_path / "out" / "results.jsonl").values())
     assert s.ran == 7 and len(recs) == 7
-    msgs = {r["key"]: (r["status"], r["result"]["message"]) for r in recs}
+    msgs = {r.key: (r.status, r.result.message) for r in recs}
     good_status = [st for k, (st, _) in msgs.items() if k == "model.onnx::good.vnnlib::milp"]
     assert good_status and good_status[0] in ("sat", "unsat")
     errors = [m for st, m in msgs.values() if st == "error"]
@@ -219,9 +229,9 @@ def test_portfolio_first_decisive_wins_and_losers_trees_are_killed(bench: dict, 
     recs = load_latest(tmp_path / "pf" / "results.jsonl")
     assert len(recs) == 4
     for rec in recs.values():
-        assert rec["verifier"] == "portfolio(fake,milp)"
-        assert rec["portfolio"]["winner"] == "milp" and rec["portfolio"]["results"]["fake"]["status"] == "stopped"
-        assert rec["status"] == bench["ref"][rec["key"].replace("portfolio(fake,milp)", "milp")]["status"]
+        assert rec.verifier == "portfolio(fake,milp)"
+        assert rec.portfolio.winner == "milp" and rec.portfolio.results["fake"]["status"] == "stopped"
+        assert rec.status == bench["ref"][rec.key.replace("portfolio(fake,milp)", "milp")].status
     pids = [int(p) for p in pidfile.read_text().split()]
     assert len(pids) >= 1
     time.sleep(0.5)
@@ -242,10 +252,10 @@ def test_worker_crash_loses_one_job_only(bench: dict, fake_env: dict, tmp_path: 
     cmd = _bench_cmd(tmp_path / "instances.csv", tmp_path / "out", "-v", "fake", "-O", "fake.crash_on=CRASHME")
     r = subprocess.run(cmd, cwd=REPO, env=fake_env, capture_output=True, text=True, timeout=200)
     assert r.returncode == 0, r.stderr
-    recs = {Path(x["vnnlib"]).stem: x for x in load_latest(tmp_path / "out" / "results.jsonl").values()}
-    assert recs["CRASHME1"]["status"] == "error" and "worker process died" in recs["CRASHME1"]["result"]["message"]
-    why = {k: (v["status"], v["result"]["message"]) for k, v in recs.items()}
-    assert recs["ok0"]["status"] == recs["ok2"]["status"] == "unknown", why  # the fake's honest answer
+    recs = {Path(x.vnnlib).stem: x for x in load_latest(tmp_path / "out" / "results.jsonl").values()}
+    assert recs["CRASHME1"].status == "error" and "worker process died" in recs["CRASHME1"].result.message
+    why = {k: (v.status, v.result.message) for k, v in recs.items()}
+    assert recs["ok0"].status == recs["ok2"].status == "unknown", why  # the fake's honest answer
 
 
 def test_dask_local_cluster_gives_the_same_results(bench: dict, tmp_path: Path) -> None:
@@ -272,12 +282,12 @@ def test_report_on_the_real_campaign_and_disagreement_exits_nonzero(bench: dict,
     assert "DISAGREEMENT" not in r.output and "| run | milp | 0.01 |" in (tmp_path / "rep" / "report.md").read_text()
     assert len(list((tmp_path / "rep" / "figures").glob("*.png"))) == 3
     # A second "verifier" claims unsat where milp found (and vfnn replayed) a counterexample.
-    sat = next(x for x in bench["ref"].values() if x["status"] == "sat")
-    liar = json.loads(json.dumps(sat))
-    liar.update(verifier="liar", key=sat["key"].replace("::milp", "::liar"), status="unsat")
-    liar["result"].update(status="unsat", verifier="liar", counterexample_input=None, counterexample_output=None)
+    sat = next(x for x in bench["ref"].values() if x.status == "sat")
+    lie = replace(sat.result, status="unsat", verifier="liar", counterexample_input=None, counterexample_output=None)
     other = tmp_path / "liar.jsonl"
-    other.write_text(json.dumps(liar) + "\n")
+    with ResultStore(other) as store:
+        store.open_for_append()
+        store.append(replace(sat, verifier="liar", key=sat.key.replace("::milp", "::liar"), result=lie))
     r = CliRunner().invoke(cli, ["report", str(ref), str(other)])
     assert r.exit_code == 1
     assert "DISAGREEMENT" in r.output and "the counterexample replays, so liar answered unsat wrongly" in r.output

@@ -6,18 +6,18 @@ these timeouts: the solve is known to be running when the driver is killed.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from cli_runner import alive
 
 from vfnn.campaign.proctree import children, descendants
 from vfnn.campaign.runner import run_campaign
-from vfnn.campaign.store import load_latest
+from vfnn.campaign.store import ResultStore, load_latest
 
 REPO = Path(__file__).resolve().parents[1]
 NET_42 = "onnx/ACASXU_run2a_4_2_batch_2000.onnx"
@@ -63,11 +63,11 @@ def test_job_deadline_counts_from_the_worker_and_bounds_the_job(acasxu: Path, tm
     t = time.monotonic()
     s = run_campaign(_hard_csv(acasxu, tmp_path, 3), ["milp"], tmp_path / "out", show_progress=False)
     (rec,) = load_latest(s.results).values()
-    assert rec["status"] == "timeout", rec["result"]["message"]
-    res = rec["result"]
-    assert res["wall_time"] < 3 + 1.0 + 1.0  # from when the worker took it: timeout + grace, and the return
+    assert rec.status == "timeout", rec.result.message
+    res = rec.result
+    assert res.wall_time < 3 + 1.0 + 1.0  # from when the worker took it: timeout + grace, and the return
     # A warm worker forks its solve: no fork server to start inside the budget (it took 1.5-4.5 s of it).
-    assert res["tool_time"] is not None and res["wall_time"] - res["tool_time"] < 1.0, res
+    assert res.tool_time is not None and res.wall_time - res.tool_time < 1.0, res
     assert time.monotonic() - t < 60
 
 
@@ -78,13 +78,15 @@ def test_a_job_whose_solver_never_started_is_an_error_and_runs_again(acasxu: Pat
     s = run_campaign(csv, ["milp"], out, show_progress=False)
     (rec,) = load_latest(s.results).values()
     # As a worker that took the whole budget to start would record it (the same record verify() gives).
-    rec["status"] = "error"
-    rec["result"].update(status="error", tool_time=None, message="the solver never started: ...",
-                         tool_stats={"solver_started": False})
-    results.write_text(json.dumps(rec) + "\n")
+    never = replace(rec.result, status="error", tool_time=None, message="the solver never started: ...",
+                    tool_stats={"solver_started": False})
+    results.unlink()
+    with ResultStore(results) as store:
+        store.open_for_append()
+        store.append(replace(rec, result=never))
     s = run_campaign(csv, ["milp"], out, show_progress=False)
     assert (s.ran, s.already_done) == (1, 0)
-    assert load_latest(results)[rec["key"]]["status"] == "timeout"
+    assert load_latest(results)[rec.key].status == "timeout"
     s = run_campaign(csv, ["milp"], out, show_progress=False)  # a real timeout stays done ...
     assert (s.ran, s.already_done) == (0, 1)
     s = run_campaign(csv, ["milp"], out, rerun=("timeout",), show_progress=False)  # ... unless asked (--rerun)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from vfnn.campaign.gate import Thresholds, evaluate
-from vfnn.campaign.store import ResultStore, load_latest
+from vfnn.campaign.store import CampaignRecord, ModelInfo, PropertyMeta, ResultStore, load_latest
 from vfnn.cli import cli
 from vfnn.errors import VfnnError
 from vfnn.stats import LayerStats, UnstableRecord
@@ -18,19 +18,23 @@ from vfnn.verifiers.result import VerificationResult
 
 
 def rec(spec: str, status: str, verifier: str = "milp", t: float = 1.0, model: str = "net", eps: float = 0.1,
-        method: str | None = None) -> dict:
+        method: str | None = None) -> CampaignRecord:
     """A record as `vfnn bench` writes it, around a real VerificationResult."""
     unstable = UnstableRecord("crown", (LayerStats(0, 8, 3, 4, 1), LayerStats(1, 8, 1, 5, 2)), (0.0,), (1.0,))
     res = VerificationResult(status, verifier, "1", {}, t, None, 10.0, counterexample_input=[0.5] * 4
                              if status == "sat" else None, unstable=unstable, message="")
     onnx = f"{model}.onnx"
-    return {"schema": 1, "key": f"{onnx}::{spec}::{verifier}", "category": "c", "onnx": onnx, "vnnlib": spec,
-            "verifier": verifier, "status": status, "result": res.to_dict(), "prepare_time": 0.01,
-            "meta": {"eps": eps}, "model": {"name": model, **({"method": method} if method else {})}}
+    return CampaignRecord(f"{onnx}::{spec}::{verifier}", onnx, spec, verifier, res, category="c", prepare_time=0.01,
+                          meta=PropertyMeta(eps=eps), model=ModelInfo(model, method))
 
 
-def write(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+def write(path: Path, records: list[CampaignRecord]) -> Path:
+    """A results file with these records, written by the store (the only writer)."""
+    path.unlink(missing_ok=True)
+    with ResultStore(path) as store:
+        store.open_for_append()
+        for r in records:
+            store.append(r)
     return path
 
 
@@ -41,7 +45,7 @@ def test_store_torn_tail_last_wins_and_lock(tmp_path: Path) -> None:
         f.write(b'{"key": "c", "resu')  # a write cut short by SIGKILL
     latest = load_latest(path)
     assert sorted(latest) == ["net.onnx::a::milp", "net.onnx::b::milp"]
-    assert latest["net.onnx::a::milp"]["status"] == "unsat"
+    assert latest["net.onnx::a::milp"].status == "unsat"
     store = ResultStore(path)
     assert len(store.open_for_append()) == 2
     with pytest.raises(VfnnError, match="another vfnn bench"):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vfnn.campaign.vnncomp import counterexample_text
 from vfnn.errors import ModelError, SpecError, VfnnError
 
 if TYPE_CHECKING:
@@ -30,12 +31,6 @@ def _parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
             raise VfnnError(f"--opt expects key=value, got {p!r}")
         out[key.strip()] = value.strip()
     return out
-
-
-def counterexample_text(x: list[float], y: list[float]) -> str:
-    """The VNN-COMP counterexample format: ``((X_0 v) ... (Y_0 v) ...)``, one pair per line."""
-    lines = [f"(X_{i} {v!r})" for i, v in enumerate(x)] + [f"(Y_{i} {v!r})" for i, v in enumerate(y)]
-    return "(" + "\n".join(lines) + ")\n"
 
 
 class Spinner:

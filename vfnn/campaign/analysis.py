@@ -8,53 +8,26 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("unsat", "sat", "timeout", "unknown", "error")
+from vfnn.campaign.store import CampaignRecord
+from vfnn.verifiers.result import STATUSES
 
+Records = list[CampaignRecord]
+#: Undecided statuses, most informative first: a property nobody decided gets the first one present.
+UNDECIDED_ORDER = ("timeout", "unknown", "error")
 
-def status(rec: dict[str, Any]) -> str:
-    return rec["result"]["status"]
-
-
-def wall_time(rec: dict[str, Any]) -> float:
-    return float(rec["result"].get("wall_time") or 0.0)
-
-
-def unstable_total(rec: dict[str, Any]) -> int | None:
-    u = rec["result"].get("unstable")
-    if not u:
-        return None
-    if "total_unstable" in u:
-        return int(u["total_unstable"])
-    return sum(int(layer["unstable"]) for layer in u.get("layers", []))
-
-
-def unstable_layers(rec: dict[str, Any]) -> list[int] | None:
-    u = rec["result"].get("unstable")
-    if not u or not u.get("layers"):
-        return None
-    return [int(layer["unstable"]) for layer in sorted(u["layers"], key=lambda s: s["layer"])]
-
-
-def model_of(rec: dict[str, Any]) -> str:
-    return (rec.get("model") or {}).get("name") or Path(rec.get("onnx", "?")).stem
-
-
-def method_of(rec: dict[str, Any]) -> str | None:
-    return (rec.get("model") or {}).get("method")
-
-
-def eps_of(rec: dict[str, Any]) -> float | None:
-    e = (rec.get("meta") or {}).get("eps")
-    return None if e is None else float(e)
-
-
-def instance_of(rec: dict[str, Any]) -> str:
-    """The property's identity across verifiers: ``onnx::vnnlib`` as written in instances.csv."""
-    return f"{rec['onnx']}::{rec['vnnlib']}"
+#: The group keys of :func:`group_by`.
+GROUP_KEYS: dict[str, Callable[[CampaignRecord], Any]] = {
+    "model": lambda r: r.model_name,
+    "method": lambda r: r.method or "?",
+    "verifier": lambda r: r.verifier,
+    "eps": lambda r: r.eps,
+    "category": lambda r: r.category,
+}
 
 
 @dataclass(frozen=True)
@@ -76,12 +49,12 @@ class GroupStats:
         return self.counts["sat"] / self.n if self.n else 0.0
 
 
-def group_stats(records: list[dict[str, Any]]) -> GroupStats:
+def group_stats(records: Records) -> GroupStats:
     counts = dict.fromkeys(STATUSES, 0)
     for r in records:
-        counts[status(r)] = counts.get(status(r), 0) + 1
-    times = [wall_time(r) for r in records]
-    unstable = [u for r in records if (u := unstable_total(r)) is not None]
+        counts[r.status] += 1
+    times = [r.wall_time for r in records]
+    unstable = [u for r in records if (u := r.unstable_total) is not None]
     return GroupStats(
         len(records), counts,
         statistics.fmean(times) if times else 0.0,
@@ -90,18 +63,11 @@ def group_stats(records: list[dict[str, Any]]) -> GroupStats:
     )
 
 
-def group_by(records: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
-    """Group records by named keys among ``model``, ``method``, ``verifier``, ``eps``, ``category``."""
-    getters = {
-        "model": model_of,
-        "method": lambda r: method_of(r) or "?",
-        "verifier": lambda r: r["verifier"],
-        "eps": eps_of,
-        "category": lambda r: r.get("category", ""),
-    }
-    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+def group_by(records: Records, *keys: str) -> dict[tuple, Records]:
+    """Group records by named keys of :data:`GROUP_KEYS`, groups in key order (None last)."""
+    out: dict[tuple, Records] = defaultdict(list)
     for r in records:
-        out[tuple(getters[k](r) for k in keys)].append(r)
+        out[tuple(GROUP_KEYS[k](r) for k in keys)].append(r)
     return dict(sorted(out.items(), key=lambda kv: tuple((v is None, "" if v is None else v) for v in kv[0])))
 
 
@@ -126,26 +92,31 @@ class Disagreement:
                 f"{verdict} ({self.detail})")
 
 
-def find_disagreements(records: list[dict[str, Any]], replay: bool = True) -> list[Disagreement]:
-    """Properties with both a sat and an unsat answer; the sat's counterexample is replayed again."""
-    by_inst: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def by_instance(records: Records) -> dict[str, Records]:
+    """Records per property (``onnx::vnnlib``), in first-seen order."""
+    out: dict[str, Records] = defaultdict(list)
     for r in records:
-        by_inst[instance_of(r)].append(r)
+        out[r.instance].append(r)
+    return dict(out)
+
+
+def find_disagreements(records: Records, replay: bool = True) -> list[Disagreement]:
+    """Properties with both a sat and an unsat answer; the sat's counterexample is replayed again."""
     out = []
-    for inst, recs in by_inst.items():
-        sats = [r for r in recs if status(r) == "sat"]
-        unsats = [r for r in recs if status(r) == "unsat"]
+    for inst, recs in by_instance(records).items():
+        sats = [r for r in recs if r.status == "sat"]
+        unsats = [r for r in recs if r.status == "unsat"]
         if not sats or not unsats:
             continue
         replays, detail = (None, "replay skipped") if not replay else _replay(sats[0])
-        out.append(Disagreement(inst, sorted({r["verifier"] for r in sats}), sorted({r["verifier"] for r in unsats}),
+        out.append(Disagreement(inst, sorted({r.verifier for r in sats}), sorted({r.verifier for r in unsats}),
                                 replays, detail))
     return out
 
 
-def _replay(rec: dict[str, Any]) -> tuple[bool | None, str]:
-    x = rec["result"].get("counterexample_input")
-    model, spec_path = Path(rec.get("model_path", "")), Path(rec.get("spec_path", ""))
+def _replay(rec: CampaignRecord) -> tuple[bool | None, str]:
+    x = rec.result.counterexample_input
+    model, spec_path = Path(rec.model_path or ""), Path(rec.spec_path or "")
     if x is None:
         return None, "the sat result carries no counterexample"
     if not model.is_file() or not spec_path.is_file():
@@ -166,31 +137,28 @@ class Property:
     """The campaign's verdict on one property, over the verifiers considered."""
 
     instance: str
-    status: str  # one of STATUSES, or "disagreement"
+    status: str  # one of STATUSES, "disagreement", or (gate --instances) "missing"
     time: float  # fastest decisive answer, else the longest attempt
-    records: tuple[dict[str, Any], ...]
+    records: tuple[CampaignRecord, ...]
 
     @property
     def model(self) -> str:
-        return model_of(self.records[0])
+        return self.records[0].model_name
 
 
-def properties(records: list[dict[str, Any]]) -> list[Property]:
+def properties(records: Records) -> list[Property]:
     """One verdict per property: sat/unsat if any verifier decided (both: ``disagreement``);
     otherwise timeout, then unknown, then error."""
-    by_inst: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        by_inst[instance_of(r)].append(r)
     out = []
-    for inst, recs in by_inst.items():
-        sts = {status(r) for r in recs}
-        decided = [r for r in recs if status(r) in ("sat", "unsat")]
+    for inst, recs in by_instance(records).items():
+        sts = {r.status for r in recs}
+        decided = [r for r in recs if r.decided]
         if "sat" in sts and "unsat" in sts:
             st = "disagreement"
         elif decided:
-            st = status(decided[0])
+            st = decided[0].status
         else:
-            st = next(s for s in ("timeout", "unknown", "error") if s in sts)
-        t = min(wall_time(r) for r in decided) if decided else max(wall_time(r) for r in recs)
+            st = next(s for s in UNDECIDED_ORDER if s in sts)
+        t = min(r.wall_time for r in decided) if decided else max(r.wall_time for r in recs)
         out.append(Property(inst, st, t, tuple(recs)))
     return out

@@ -100,8 +100,8 @@ def _options(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
               help="Run on a Dask cluster: tcp://host:port, a scheduler file (.json), or local[:N].")
 @click.option("--option", "-O", "option_items", multiple=True, metavar="VERIFIER.KEY=VALUE",
               help="Verifier option, e.g. milp.threads=1 (repeatable).")
-@click.option("--rerun", multiple=True, type=click.Choice(["unsat", "sat", "timeout", "unknown", "error"]),
-              help="Run again the jobs whose recorded result has this status (repeatable).")
+@click.option("--rerun", multiple=True, metavar="STATUS",
+              help="Run again the jobs whose recorded result has this status, e.g. timeout (repeatable).")
 @click.option("--category", default=None, help="VNN-COMP category (default: the instances.csv folder name).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def bench_cmd(instances: str, verifiers: tuple[str, ...], out: str, timeout: float | None, jobs: int | None,
@@ -171,32 +171,45 @@ def _list_bad_rows(rows: list[Instance], csv_name: str, limit: int = 20) -> None
         click.echo(f"  ... and {len(bad) - limit} more", err=True)
 
 
+def _list_reports(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--list``: the registered tables and figures, one per line (before RESULTS is required)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from vfnn.campaign.reports import entries
+
+    for e in entries():
+        click.echo(f"{e.name:20} {e.kind:7} {e.summary}")
+    ctx.exit(0)
+
+
 @click.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", "out", type=click.Path(), default=None,
               help="Write report.md and figures/*.png here.")
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Only this table or figure (repeatable; default: all, see --list).")
+@click.option("--list", "list_", is_flag=True, is_eager=True, expose_value=False, callback=_list_reports,
+              help="List the tables and figures by name and exit.")
 @click.option("--no-replay", is_flag=True, help="Do not replay counterexamples of disagreeing properties.")
-def report_cmd(results: tuple[str, ...], out: str | None, no_replay: bool) -> None:
+def report_cmd(results: tuple[str, ...], out: str | None, only: tuple[str, ...], no_replay: bool) -> None:
     """Tables per model x verifier x eps (and per training method), disagreements, figures.
 
     Exits 1 when two verifiers disagree (sat vs unsat) on a property: one of them is unsound.
     """
-    from vfnn.campaign.figures import write_figures
-    from vfnn.campaign.report import build_report, print_report, write_markdown
+    from vfnn.campaign.report import build_report, print_report, write_report
+    from vfnn.campaign.reports import select
     from vfnn.campaign.store import load_records
     from vfnn.vnnlib import input_file
 
+    select(only)  # an unknown name: one line, before any file is read
     _folder(out, "--out")
     records = load_records([input_file(r, "a results.jsonl") for r in results])
     if not records:
         raise VfnnError(f"{', '.join(results)}: no results")
-    rep = build_report(records, replay=not no_replay)
+    rep = build_report(records, replay=not no_replay, only=only)
     print_report(rep, Console() if sys.stdout.isatty() else Console(width=160))  # CI logs: never truncate
     if out is not None:
-        folder = Path(out)
-        rep.figures = write_figures(records, folder / "figures")
-        rep.markdown = write_markdown(rep, folder, [Path(r) for r in results])
-        click.echo(f"report: {rep.markdown}")
+        click.echo(f"report: {write_report(rep, records, Path(out), [Path(r) for r in results], only)}")
     if rep.disagreements:
         click.echo(f"error: {len(rep.disagreements)} disagreement(s) between verifiers", err=True)
         sys.exit(1)

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from vfnn.campaign.execute import Task, execute, make_result
+from vfnn.campaign.execute import Outcome, Task, execute, lost
 from vfnn.errors import VfnnError
 
 
@@ -31,7 +31,7 @@ def _import_distributed() -> Any:
 
 
 class DaskBackend:
-    """Same interface as :class:`vfnn.campaign.localpool.LocalPool`."""
+    """A :class:`vfnn.campaign.backend.Backend` whose slots are the cluster's threads (or ``slots``)."""
 
     def __init__(self, address: str, slots: int | None = None):
         self.address = address
@@ -78,7 +78,7 @@ class DaskBackend:
         entry[0].cancel()
         return True
 
-    def poll(self, timeout: float) -> list[tuple[Any, dict[str, Any]]]:
+    def poll(self, timeout: float) -> list[tuple[Any, Outcome]]:
         distributed = _import_distributed()
         if not self._futures:
             return []
@@ -97,14 +97,12 @@ class DaskBackend:
                 try:
                     out.append((task_id, fut.result()))
                 except Exception as exc:  # the task raised on the worker, or the worker was lost
-                    out.append((task_id, _outcome(task, "error", f"Dask task failed: {type(exc).__name__}: {exc}",
-                                                  elapsed)))
+                    out.append((task_id, lost(task, f"Dask task failed: {type(exc).__name__}: {exc}", elapsed)))
             elif time.monotonic() > deadline:
                 del self._futures[task_id]
                 fut.cancel()
-                out.append((task_id, _outcome(task, "timeout", f"abandoned by the campaign after {elapsed:.1f} s: "
-                                                              "no answer from the Dask worker by the hard deadline",
-                                              elapsed)))
+                out.append((task_id, lost(task, f"abandoned by the campaign after {elapsed:.1f} s: no answer from the "
+                                             "Dask worker by the hard deadline", elapsed, "timeout")))
         return out
 
     def close(self) -> None:
@@ -116,7 +114,3 @@ class DaskBackend:
         if self._cluster is not None:
             self._cluster.close()
 
-
-def _outcome(task: Task, status: str, message: str, elapsed: float) -> dict[str, Any]:
-    return {"result": make_result(status, task.verifier, task.timeout, message, elapsed, task.model, task.spec),
-            "prepare_time": 0.0, "host": None, "pid": None}

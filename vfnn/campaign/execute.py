@@ -14,9 +14,12 @@ import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vfnn.errors import VfnnError
+
+if TYPE_CHECKING:
+    from vfnn.verifiers.result import VerificationResult
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,16 @@ class Task:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker sends back for one task (picklable: it crosses process and Dask boundaries)."""
+
+    result: VerificationResult
+    prepare_time: float = 0.0  # seconds spent loading the model and the spec
+    host: str | None = None
+    pid: int | None = None  # the worker's process id (None when the worker was lost)
+
+
 def make_result(
     status: str,
     verifier: str,
@@ -38,14 +51,25 @@ def make_result(
     wall_time: float = 0.0,
     model_path: str | None = None,
     spec_path: str | None = None,
-) -> dict[str, Any]:
-    """A result dict for outcomes that never reached a verifier (same schema as a real one)."""
+    tool_stats: dict[str, Any] | None = None,
+) -> VerificationResult:
+    """The result of an outcome that never reached a verifier (same fields as a real one)."""
     from vfnn.verifiers.result import VerificationResult
 
     return VerificationResult(
         status=status, verifier=verifier, verifier_version=None, options={}, wall_time=wall_time,
         tool_time=None, timeout=timeout, message=message, model_path=model_path, spec_path=spec_path,
-    ).to_dict()
+        tool_stats=dict(tool_stats or {}),
+    )
+
+
+def lost(task: Task | None, message: str, elapsed: float, status: str = "error", host: str | None = None,
+         solver_started: bool | None = None) -> Outcome:
+    """The outcome of a task whose worker died, or that a backend gave up on (no answer came back)."""
+    stats = {} if solver_started is None else {"solver_started": solver_started}
+    result = make_result(status, task.verifier if task else "?", task.timeout if task else 0.0, message, elapsed,
+                         task.model if task else None, task.spec if task else None, stats)
+    return Outcome(result, host=host)
 
 
 @lru_cache(maxsize=8)
@@ -69,8 +93,8 @@ def prepare(task: Task) -> tuple[Any, Any]:
     return net, spec
 
 
-def execute(task: Task) -> dict[str, Any]:
-    """Run one task; returns ``{"result": dict, "prepare_time": s, "host": str, "pid": int}``.
+def execute(task: Task) -> Outcome:
+    """Run one task; never raises.
 
     The job's deadline is set here, when a worker takes it: loading the model and the spec and the
     unstable-neuron record count against ``task.timeout``."""
@@ -84,7 +108,7 @@ def execute(task: Task) -> dict[str, Any]:
         prepare_time = time.perf_counter() - t0
         verifier = get_verifier(task.verifier)
         result = verifier.verify(net, spec, task.timeout, dict(task.options), spec_path=task.spec,
-                                 model_path=task.model, deadline=deadline).to_dict()
+                                 model_path=task.model, deadline=deadline)
     except VfnnError as exc:
         result = make_result("error", task.verifier, task.timeout, str(exc), time.perf_counter() - t0,
                              task.model, task.spec)
@@ -93,4 +117,4 @@ def execute(task: Task) -> dict[str, Any]:
         result = make_result("error", task.verifier, task.timeout,
                              f"internal error ({type(exc).__name__}: {exc}); traceback tail:\n{tail}",
                              time.perf_counter() - t0, task.model, task.spec)
-    return {"result": result, "prepare_time": prepare_time, "host": socket.gethostname(), "pid": os.getpid()}
+    return Outcome(result, prepare_time, socket.gethostname(), os.getpid())

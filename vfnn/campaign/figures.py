@@ -1,4 +1,6 @@
-"""Report figures (matplotlib, Agg backend, PNG): cactus plot, verified % vs eps, unstable per layer."""
+"""Report figures (matplotlib, Agg backend, PNG): cactus plot, verified % vs eps, unstable per layer.
+
+Each is registered by name in :mod:`vfnn.campaign.reports` and written as ``figures/<name>.png``."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vfnn.campaign.analysis import eps_of, group_by, method_of, model_of, status, unstable_layers, wall_time
+from vfnn.campaign.analysis import Records, group_by
+from vfnn.campaign.reports import figure
 
 
 def pyplot() -> Any:
@@ -18,12 +21,13 @@ def pyplot() -> Any:
     return plt
 
 
-def cactus(records: list[dict[str, Any]], path: Path) -> Path:
+@figure("cactus")
+def cactus(records: Records, path: Path) -> Path:
     """Number of properties decided (sat or unsat) within t seconds, one step line per verifier."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (verifier,), recs in group_by(records, "verifier").items():
-        times = sorted(wall_time(r) for r in recs if status(r) in ("sat", "unsat"))
+        times = sorted(r.wall_time for r in recs if r.decided)
         if times:
             ax.step([0.0, *times], list(range(len(times) + 1)), where="post", label=f"{verifier} ({len(times)})")
     ax.set_xlabel("time per property (s)")
@@ -38,19 +42,20 @@ def cactus(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def verified_vs_eps(records: list[dict[str, Any]], path: Path) -> Path | None:
+@figure("verified_vs_eps")
+def verified_vs_eps(records: Records, path: Path) -> Path | None:
     """Verified % against eps, one line per training method (per model when no method is known)
     and verifier."""
-    recs = [r for r in records if eps_of(r) is not None]
+    recs = [r for r in records if r.eps is not None]
     if not recs:
         return None
-    key = "method" if all(method_of(r) for r in recs) else "model"
+    key = "method" if all(r.method for r in recs) else "model"
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (who, verifier), group in group_by(recs, key, "verifier").items():
-        by_eps: dict[float, list[str]] = defaultdict(list)
+        by_eps: dict[float | None, list[str]] = defaultdict(list)
         for r in group:
-            by_eps[eps_of(r)].append(status(r))
+            by_eps[r.eps].append(r.status)
         xs = sorted(by_eps)
         ys = [100.0 * by_eps[e].count("unsat") / len(by_eps[e]) for e in xs]
         ax.plot(xs, ys, marker="o", label=f"{who} / {verifier}")
@@ -66,26 +71,27 @@ def verified_vs_eps(records: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def unstable_per_layer(records: list[dict[str, Any]], path: Path) -> Path | None:
+@figure("unstable_per_layer")
+def unstable_per_layer(records: Records, path: Path) -> Path | None:
     """Mean unstable neurons per ReLU layer, one line per model, one panel per eps.
 
     Each property counts once (the record is the same for every verifier)."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    seen = {}
     for r in records:
-        if unstable_layers(r) is not None:
-            seen.setdefault((r["onnx"], r["vnnlib"]), r)
+        if r.unstable_layers is not None:
+            seen.setdefault(r.instance, r)
     recs = list(seen.values())
     if not recs:
         return None
-    eps_values = sorted({eps_of(r) for r in recs}, key=lambda e: (e is None, e or 0.0))[:6]
+    eps_values = sorted({r.eps for r in recs}, key=lambda e: (e is None, e or 0.0))[:6]
     plt = pyplot()
     fig, axes = plt.subplots(1, len(eps_values), figsize=(4 * len(eps_values), 3.5), squeeze=False)
     for ax, e in zip(axes[0], eps_values, strict=True):
         groups: dict[str, list[list[int]]] = defaultdict(list)
         for r in recs:
-            if eps_of(r) == e:
-                label = model_of(r) + (f" ({method_of(r)})" if method_of(r) else "")
-                groups[label].append(unstable_layers(r) or [])
+            if r.eps == e:
+                label = r.model_name + (f" ({r.method})" if r.method else "")
+                groups[label].append(r.unstable_layers or [])
         for label, rows in sorted(groups.items()):
             depth = max(len(x) for x in rows)
             means = [sum(x[i] for x in rows if i < len(x)) / len(rows) for i in range(depth)]
@@ -101,10 +107,3 @@ def unstable_per_layer(records: list[dict[str, Any]], path: Path) -> Path | None
     plt.close(fig)
     return path
 
-
-def write_figures(records: list[dict[str, Any]], folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = [cactus(records, folder / "cactus.png"),
-           verified_vs_eps(records, folder / "verified_vs_eps.png"),
-           unstable_per_layer(records, folder / "unstable_per_layer.png")]
-    return [p for p in out if p is not None]

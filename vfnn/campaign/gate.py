@@ -15,6 +15,7 @@ falsified = ``<failure>``; timeout, unknown, error, missing and disagreement = `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import socket
@@ -23,10 +24,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from vfnn.campaign.analysis import Property, eps_of, instance_of, properties
+from vfnn.campaign.analysis import Property, Records, properties
+from vfnn.campaign.execute import make_result
 from vfnn.campaign.instances import Instance, read_instances
+from vfnn.campaign.store import CampaignRecord, ModelInfo
 
 
 @dataclass(frozen=True)
@@ -82,19 +84,18 @@ def _rows(instances: list[Instance]) -> dict[str, Instance]:
     return out
 
 
-def restrict(records: list[dict[str, Any]], rows: dict[str, Instance]) -> tuple[list[dict[str, Any]], int]:
+def restrict(records: Records, rows: dict[str, Instance]) -> tuple[Records, int]:
     """The records of the csv's properties, renamed to the csv's ``onnx::vnnlib``, and how many other
     properties were dropped.  A record matches by ``onnx::vnnlib`` or by its resolved file paths (the
     same files named from another folder)."""
     by_paths = {(str(i.model_path), str(i.spec_path)): i for i in rows.values()}
     kept, other = [], set()
     for rec in records:
-        ident = instance_of(rec) if "onnx" in rec and "vnnlib" in rec else rec.get("key")
-        inst = rows.get(ident) or by_paths.get((rec.get("model_path"), rec.get("spec_path")))
+        inst = rows.get(rec.instance) or by_paths.get((rec.model_path, rec.spec_path))
         if inst is None:
-            other.add(ident)
+            other.add(rec.instance)
         else:
-            kept.append({**rec, "onnx": inst.onnx, "vnnlib": inst.vnnlib})
+            kept.append(dataclasses.replace(rec, onnx=inst.onnx, vnnlib=inst.vnnlib))
     return kept, len(other)
 
 
@@ -103,14 +104,15 @@ def missing_properties(rows: dict[str, Instance], props: list[Property]) -> list
     out = []
     for ident, inst in rows.items():
         if ident not in have:
-            rec = {"onnx": inst.onnx, "vnnlib": inst.vnnlib, "verifier": "-", "model": {"name": Path(inst.onnx).stem},
-                   "result": {"status": "error", "wall_time": 0.0, "message": "no result in the campaign"}}
+            rec = CampaignRecord(f"{ident}::-", inst.onnx, inst.vnnlib, "-",
+                                 make_result("error", "-", inst.timeout or 0.0, "no result in the campaign"),
+                                 model=ModelInfo(Path(inst.onnx).stem))
             out.append(Property(ident, "missing", 0.0, (rec,)))
     return out
 
 
 def evaluate(
-    records: list[dict[str, Any]],
+    records: Records,
     th: Thresholds,
     verifier: str | None = None,
     instances_csv: Path | None = None,
@@ -119,7 +121,7 @@ def evaluate(
     """Judge the properties against ``th``; with ``instances_csv`` only its rows count and each one
     without a result fails the gate.  ``checks`` (e.g. :func:`truncated_tail`) come first."""
     if verifier is not None:
-        records = [r for r in records if r.get("verifier") == verifier]
+        records = [r for r in records if r.verifier == verifier]
     rows, ignored = None, 0
     if instances_csv is not None:
         rows = _rows(read_instances(instances_csv))
@@ -188,22 +190,21 @@ def junit_xml(outcome: GateOutcome, path: Path, suite_name: str = "vfnn gate") -
         t_suite = 0.0
         for p in sorted(props, key=lambda p: p.instance):
             rec = p.records[0]
-            verifiers = ",".join(sorted({r["verifier"] for r in p.records}))
-            eps = eps_of(rec)
-            name = Path(rec["vnnlib"]).name + (f" [eps={eps:g}]" if eps is not None else "")
+            verifiers = ",".join(sorted({r.verifier for r in p.records}))
+            eps = rec.eps
+            name = Path(rec.vnnlib).name + (f" [eps={eps:g}]" if eps is not None else "")
             case = ET.SubElement(suite, "testcase", classname=f"vfnn.{model}", name=name, time=f"{p.time:.3f}")
             props_el = ET.SubElement(case, "properties")
-            for k, v in (("onnx", rec["onnx"]), ("vnnlib", rec["vnnlib"]), ("verifiers", verifiers),
+            for k, v in (("onnx", rec.onnx), ("vnnlib", rec.vnnlib), ("verifiers", verifiers),
                          ("status", p.status)):
                 ET.SubElement(props_el, "property", name=k, value=str(v))
             n["tests"] += 1
             t_suite += p.time
-            msgs = "; ".join(f"{r['verifier']}: {r['result']['status']}" + (
-                f" ({r['result'].get('message')})" if r["result"].get("message") else "") for r in p.records)
+            msgs = "; ".join(f"{r.verifier}: {r.status}" + (f" ({r.result.message})" if r.result.message else "")
+                             for r in p.records)
             if p.status == "sat":
                 n["failures"] += 1
-                x = next((r["result"].get("counterexample_input") for r in p.records
-                          if r["result"]["status"] == "sat"), None)
+                x = next((r.result.counterexample_input for r in p.records if r.status == "sat"), None)
                 el = ET.SubElement(case, "failure", type="falsified",
                                    message="property violated: a counterexample exists (replayed by vfnn)")
                 el.text = msgs + ("" if x is None else f"\ncounterexample input: {x}")

@@ -27,10 +27,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from vfnn.campaign.execute import Task, execute
+from vfnn.campaign.execute import Outcome, Task, execute, lost
 from vfnn.campaign.proctree import children, kill_tree
-
-Outcome = dict[str, Any]
 
 _ctx: Any = None
 
@@ -107,7 +105,8 @@ class _Worker:
 
 
 class LocalPool:
-    """``n`` worker processes; ``submit`` a task to an idle one, ``poll`` for finished ones."""
+    """``n`` worker processes; ``submit`` a task to an idle one, ``poll`` for finished ones
+    (a :class:`vfnn.campaign.backend.Backend`)."""
 
     def __init__(self, n: int):
         if n < 1:
@@ -238,12 +237,4 @@ class LocalPool:
 
 def _lost(task: Task | None, message: str, elapsed: float, status: str = "error",
           solver_started: bool | None = None) -> Outcome:
-    from vfnn.campaign.execute import make_result
-
-    verifier = task.verifier if task else "?"
-    timeout = task.timeout if task else 0.0
-    result = make_result(status, verifier, timeout, message, elapsed, task.model if task else None,
-                         task.spec if task else None)
-    if solver_started is not None:
-        result["tool_stats"]["solver_started"] = solver_started
-    return {"result": result, "prepare_time": 0.0, "host": os.uname().nodename, "pid": None}
+    return lost(task, message, elapsed, status, os.uname().nodename, solver_started)

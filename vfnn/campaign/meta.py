@@ -5,10 +5,11 @@ nothing but the results file.
 
 * Property: ``specs.json`` written by ``vfnn specs`` next to ``instances.csv`` (image index, label,
   eps); otherwise the ``eps<value>`` and ``label<k>`` parts of the spec's file name, if any.
-* Model: ``config.json`` next to the ONNX file (written by ``vfnn train``).  Its training label is
-  the phase list in ``--schedule`` syntax (``ce+nbc``, or ``ce:5,ce+nbc:5`` for several phases);
-  a config with plain ``method``/``regs`` keys works too.  The model's name is its run folder's
-  name when the file is called ``model.onnx``, else the file's stem.
+* Model: ``config.json`` next to the ONNX file (written by ``vfnn train``), read by
+  :meth:`vfnn.train.config.TrainConfig.from_dict` like ``vfnn train --resume`` reads it.  Its
+  training label is the phase list in ``--schedule`` syntax (``ce+nbc``, or ``ce:5,ce+nbc:5`` for
+  several phases).  The model's name is its run folder's name when the file is called
+  ``model.onnx``, else the file's stem.
 """
 
 from __future__ import annotations
@@ -18,25 +19,26 @@ import re
 from pathlib import Path
 from typing import Any
 
+from vfnn.campaign.store import ModelInfo, PropertyMeta
+from vfnn.errors import VfnnError
+
 _EPS = re.compile(r"eps[_=-]?([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)")
 _LABEL = re.compile(r"label[_=-]?([0-9]+)")
+_TRAIN_KEYS = ("eps", "arch", "dataset", "seed")  # recorded as train_<key> when config.json has them
 
 
-def spec_meta(spec_path: Path, sidecar: dict[str, dict]) -> dict[str, Any]:
+def spec_meta(spec_path: Path, sidecar: dict[str, dict]) -> PropertyMeta:
     """eps / label / image index of a spec: from the ``specs.json`` sidecar, else its file name."""
     try:
         meta = sidecar.get(str(spec_path.resolve()))
     except (OSError, ValueError):  # a path no file system takes (e.g. a NUL byte): its row is an error record
-        return {}
+        return PropertyMeta()
     if meta is not None:
-        return dict(meta)
-    out: dict[str, Any] = {}
+        return PropertyMeta(**{k: meta[k] for k in ("eps", "label", "index", "dataset", "split") if k in meta})
     name = spec_path.name
-    if m := _EPS.search(name):
-        out["eps"] = float(m.group(1).rstrip("."))
-    if m := _LABEL.search(name):
-        out["label"] = int(m.group(1))
-    return out
+    eps, label = _EPS.search(name), _LABEL.search(name)
+    return PropertyMeta(eps=float(eps.group(1).rstrip(".")) if eps else None,
+                        label=int(label.group(1)) if label else None)
 
 
 def model_name(onnx_path: Path) -> str:
@@ -45,39 +47,31 @@ def model_name(onnx_path: Path) -> str:
 
 
 def training_label(cfg: dict[str, Any]) -> str | None:
-    """``ce+nbc`` style label of a training config, None when it says nothing about the method."""
-    if isinstance(cfg.get("config"), dict) and "phases" not in cfg and "method" not in cfg:
-        cfg = cfg["config"]
-    phases = cfg.get("phases")
-    if isinstance(phases, list) and phases and all(isinstance(p, dict) and "method" in p for p in phases):
-        labels = ["+".join([str(p["method"]), *map(str, p.get("regs") or [])]) for p in phases]
-        if len(labels) == 1:
-            return labels[0]
-        return ",".join(f"{lab}:{p.get('epochs', '?')}" for lab, p in zip(labels, phases, strict=True))
-    if isinstance(cfg.get("method"), str):
-        regs = cfg.get("regs") or cfg.get("reg") or []
-        if isinstance(regs, str):
-            regs = [regs]
-        names = [r.get("name", "?") if isinstance(r, dict) else str(r).split(":")[0] for r in regs]
-        return "+".join([cfg["method"], *names])
-    return None
+    """``ce+nbc`` style label of a ``config.json``, None when it is not a training config that
+    :meth:`TrainConfig.from_dict` reads (which takes the older shapes too: ``method`` + ``regs``, or
+    everything under ``config``)."""
+    from vfnn.train.config import TrainConfig
 
-
-def model_meta(onnx_path: Path) -> dict[str, Any]:
-    """Name, training label and training eps of a model (from its ``config.json`` when present)."""
-    out: dict[str, Any] = {"name": model_name(onnx_path)}
-    cfg_path = onnx_path.parent / "config.json"
     try:
-        cfg = json.loads(cfg_path.read_text())
+        phases = TrainConfig.from_dict(cfg).phases
+    except (VfnnError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if len(phases) == 1:
+        return phases[0].label
+    return ",".join(f"{p.label}:{p.epochs}" for p in phases)
+
+
+def model_meta(onnx_path: Path) -> ModelInfo:
+    """Name, training label and training options of a model (from its ``config.json`` when present).
+
+    The ``train_*`` fields are only those the file states, never a default it did not write."""
+    name = model_name(onnx_path)
+    try:
+        cfg = json.loads((onnx_path.parent / "config.json").read_text())
     except (OSError, ValueError):
-        return out
-    if not isinstance(cfg, dict):
-        return out
-    label = training_label(cfg)
-    if label is not None:
-        out["method"] = label
-        inner = cfg.get("config") if isinstance(cfg.get("config"), dict) else cfg
-        for k in ("eps", "arch", "dataset", "seed"):
-            if k in inner:
-                out[f"train_{k}"] = inner[k]
-    return out
+        return ModelInfo(name)
+    label = training_label(cfg) if isinstance(cfg, dict) else None
+    if label is None:
+        return ModelInfo(name)
+    stated = cfg["config"] if isinstance(cfg.get("config"), dict) else cfg  # early runs nested the options
+    return ModelInfo(name, label, **{f"train_{k}": stated[k] for k in _TRAIN_KEYS if k in stated})

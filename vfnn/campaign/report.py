@@ -3,29 +3,29 @@
 Tables: one row per model x verifier x eps, and (when the models carry a training config) per
 training method x verifier x eps, so "NBC vs CE vs RS vs PGD" is one table.  Cross-verifier
 disagreements (sat with a counterexample vs unsat on the same property) are printed first and in
-red: they mean some verifier is unsound, and ``vfnn report`` then exits non-zero.
+red: they mean some verifier is unsound, and ``vfnn report`` then exits non-zero.  Which tables
+and figures exist is :mod:`vfnn.campaign.reports`' registry; the built-in tables are here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-from vfnn.campaign.analysis import Disagreement, GroupStats, find_disagreements, group_by, group_stats, method_of
+from vfnn.campaign.analysis import Disagreement, GroupStats, Records, find_disagreements, group_by, group_stats
+from vfnn.campaign.reports import Table, make_figures, make_tables, select, table
 
 COLUMNS = ("n", "verified %", "falsified %", "timeout", "unknown", "error", "mean s", "median s", "mean unstable")
 
 
 @dataclass
 class Report:
-    """Everything ``vfnn report`` computes (tables as rows of strings, for terminal and Markdown)."""
+    """Everything ``vfnn report`` computes."""
 
-    by_model: list[tuple[tuple, GroupStats]]
-    by_method: list[tuple[tuple, GroupStats]]
+    tables: list[Table]
     disagreements: list[Disagreement]
     n_records: int
     figures: list[Path] = field(default_factory=list)
@@ -43,37 +43,44 @@ def _cells(s: GroupStats) -> list[str]:
             "-" if s.mean_unstable is None else f"{s.mean_unstable:.1f}"]
 
 
-def build_report(records: list[dict[str, Any]], replay: bool = True) -> Report:
-    by_model = [(k, group_stats(v)) for k, v in group_by(records, "model", "verifier", "eps").items()]
-    with_method = [r for r in records if method_of(r) is not None]
-    by_method = [(k, group_stats(v)) for k, v in group_by(with_method, "method", "verifier", "eps").items()]
-    return Report(by_model, by_method, find_disagreements(records, replay), len(records))
+def _grouped(title: str, first: str, records: Records) -> Table:
+    rows = [[str(a), str(v), _fmt_eps(e), *_cells(group_stats(recs))]
+            for (a, v, e), recs in group_by(records, first, "verifier", "eps").items()]
+    return Table(title, (first, "verifier", "eps", *COLUMNS), rows)
 
 
-def _rich_table(title: str, first: str, rows: list[tuple[tuple, GroupStats]]) -> Table:
-    t = Table(title=title, title_justify="left")
-    for name in (first, "verifier", "eps", *COLUMNS):
-        t.add_column(name, justify="left" if name in (first, "verifier") else "right")
-    for (a, v, e), s in rows:
-        t.add_row(str(a), str(v), _fmt_eps(e), *_cells(s))
-    return t
+@table("per_model")
+def per_model(records: Records) -> Table:
+    """Jobs, verdict shares, times and unstable neurons per model x verifier x eps."""
+    return _grouped(f"Results per model ({len(records)} jobs)", "model", records)
+
+
+@table("per_method")
+def per_method(records: Records) -> Table | None:
+    """The same per training method x verifier x eps, for models whose config.json names the method."""
+    with_method = [r for r in records if r.method is not None]
+    return _grouped("Results per training method", "method", with_method) if with_method else None
+
+
+def build_report(records: Records, replay: bool = True, only: Sequence[str] = ()) -> Report:
+    """The disagreements and the tables named ``only`` (all when empty); figures come with :func:`write_report`."""
+    return Report(make_tables(select(only), records), find_disagreements(records, replay), len(records))
 
 
 def print_report(rep: Report, console: Console) -> None:
     """Disagreements first (loud), then the tables."""
     for d in rep.disagreements:
         console.print(f"[bold red]DISAGREEMENT (a verifier is unsound):[/] {d.describe()}", soft_wrap=True)
-    console.print(_rich_table(f"Results per model ({rep.n_records} jobs)", "model", rep.by_model))
-    if rep.by_method:
-        console.print(_rich_table("Results per training method", "method", rep.by_method))
+    for t in rep.tables:
+        console.print(t.rich())
 
 
-def _md_table(first: str, rows: list[tuple[tuple, GroupStats]]) -> str:
-    head = (first, "verifier", "eps", *COLUMNS)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|"]
-    for (a, v, e), s in rows:
-        lines.append("| " + " | ".join([str(a), str(v), _fmt_eps(e), *_cells(s)]) + " |")
-    return "\n".join(lines)
+def write_report(rep: Report, records: Records, out: Path, sources: list[Path], only: Sequence[str] = ()) -> Path:
+    """``out/figures/<name>.png`` for the chosen figures, then ``out/report.md``; returns report.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    rep.figures = make_figures(select(only), records, out / "figures")
+    rep.markdown = write_markdown(rep, out, sources)
+    return rep.markdown
 
 
 def write_markdown(rep: Report, out: Path, sources: list[Path]) -> Path:
@@ -86,9 +93,8 @@ def write_markdown(rep: Report, out: Path, sources: list[Path]) -> Path:
         parts += ["## Disagreements between verifiers", "",
                   "**A verifier is unsound on these properties.**", ""]
         parts += [f"- {d.describe()}" for d in rep.disagreements] + [""]
-    parts += ["## Per model", "", _md_table("model", rep.by_model), ""]
-    if rep.by_method:
-        parts += ["## Per training method", "", _md_table("method", rep.by_method), ""]
+    for t in rep.tables:
+        parts += [f"## {t.title}", "", t.markdown(), ""]
     if rep.figures:
         parts += ["## Figures", ""]
         for f in rep.figures:

@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,17 +28,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vfnn import __version__
-from vfnn.campaign.execute import Task, make_result
+from vfnn.campaign.analysis import UNDECIDED_ORDER
+from vfnn.campaign.backend import Backend, make_backend
+from vfnn.campaign.execute import Outcome, Task, make_result
 from vfnn.campaign.instances import Instance, read_instances
-from vfnn.campaign.jobs import DECISIVE, Job, plan_jobs
+from vfnn.campaign.jobs import Job, plan_jobs
 from vfnn.campaign.meta import model_meta, spec_meta
 from vfnn.campaign.specgen import load_sidecar
-from vfnn.campaign.store import SCHEMA, ResultStore, load_latest
+from vfnn.campaign.store import CampaignRecord, ModelInfo, PortfolioInfo, ResultStore, load_latest
 from vfnn.campaign.vnncomp import write_vnncomp
 from vfnn.errors import VerifierUnavailable, VfnnError
-
-STATUS_ORDER = ("unsat", "sat", "timeout", "unknown", "error")
-NON_DECISIVE_PREFERENCE = ("timeout", "unknown", "error")
+from vfnn.verifiers.result import STATUSES
 
 
 def hard_deadline(timeout: float) -> float:
@@ -66,28 +67,77 @@ class _JobState:
     job: Job
     pending: list[str]
     running: dict[int, str] = field(default_factory=dict)
-    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    started: float = 0.0
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
 
 
-def _make_backend(jobs: int | None, dask: str | None) -> Any:
-    if dask:
-        from vfnn.campaign.dask_backend import DaskBackend
+class _Recorder:
+    """Turns a finished job into a :class:`CampaignRecord`, appends it, and counts what ran.
 
-        return DaskBackend(dask, slots=jobs)  # None: as many as the cluster has threads
-    from vfnn.campaign.localpool import LocalPool
+    The property and model metadata are read once per instances folder and per model."""
 
-    return LocalPool(jobs or 1)
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+        self.counts = dict.fromkeys(STATUSES, 0)
+        self.solve_time = 0.0
+        self.ran = 0
+        self._sidecars: dict[Path, dict[str, dict]] = {}
+        self._models: dict[Path, ModelInfo] = {}
 
-
-class _Counts:
-    def __init__(self) -> None:
-        self.n = dict.fromkeys(STATUS_ORDER, 0)
+    def record(self, job: Job, outcome: Outcome, portfolio: PortfolioInfo | None = None) -> None:
+        inst = job.instance
+        if inst.root not in self._sidecars:
+            self._sidecars[inst.root] = load_sidecar(inst.root)
+        if inst.model_path not in self._models:
+            self._models[inst.model_path] = model_meta(inst.model_path)
+        rec = CampaignRecord(
+            key=job.key, onnx=inst.onnx, vnnlib=inst.vnnlib, verifier=job.label, result=outcome.result,
+            category=inst.category, model_path=str(inst.model_path), spec_path=str(inst.spec_path),
+            timeout=job.timeout, prepare_time=outcome.prepare_time, portfolio=portfolio,
+            meta=spec_meta(inst.spec_path, self._sidecars[inst.root]), model=self._models[inst.model_path],
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"), host=outcome.host,
+            worker_pid=outcome.pid, vfnn_version=__version__,
+        )
+        self.store.append(rec)
+        self.counts[rec.status] += 1
+        self.solve_time += rec.wall_time
+        self.ran += 1
 
     def text(self) -> str:
-        n = self.n
+        n = self.counts
         return (f"[green]{n['unsat']} verified[/] [red]{n['sat']} falsified[/] [yellow]{n['timeout']} timeout[/] "
                 f"[cyan]{n['unknown']} unknown[/] [magenta]{n['error']} error[/]")
+
+
+class _ProgressView:
+    """A rich bar on a terminal; on a console that is not one (a CI log) a plain line per tenth of
+    the jobs, at most every 10 s; nothing when ``show`` is False."""
+
+    def __init__(self, console: Console, show: bool, total: int, recorder: _Recorder) -> None:
+        self.console, self.total, self.recorder, self.done = console, total, recorder, 0
+        self.plain = show and not console.is_terminal
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, disable=not show or self.plain,
+        )
+        self.start = self.last = time.monotonic()
+
+    def __enter__(self) -> _ProgressView:
+        self.bar.__enter__()
+        self.task = self.bar.add_task("campaign", total=self.total, counts=self.recorder.text())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def tick(self) -> None:
+        self.bar.update(self.task, advance=1, counts=self.recorder.text())
+        self.done += 1
+        now = time.monotonic()
+        step = max(1, self.total // 10)
+        if self.plain and (self.done == self.total or (self.done % step == 0 and now - self.last >= 10.0)):
+            self.last = now
+            self.console.print(f"[{self.done}/{self.total}] {self.recorder.text()}  {now - self.start:.0f} s")
 
 
 def run_campaign(
@@ -107,69 +157,17 @@ def run_campaign(
 ) -> CampaignSummary:
     """Run (or resume) every job of ``instances_csv`` x ``verifiers``; see the module docstring."""
     t_start = time.perf_counter()
-    for s in rerun:
-        if s not in STATUS_ORDER:
-            raise VfnnError(f"--rerun {s!r}: expected one of {', '.join(STATUS_ORDER)}")
-    if jobs is not None and jobs < 1:
-        raise VfnnError(f"--jobs must be at least 1, got {jobs}")
-    instances = read_instances(instances_csv, category)
-    plan = plan_jobs(instances, verifiers, portfolio, timeout)
-    _check_verifiers(verifiers, options or {}, dask)
+    _check_arguments(rerun, jobs)
+    plan = plan_jobs(read_instances(instances_csv, category), verifiers, portfolio, timeout)
+    options = options or {}
+    _check_verifiers(verifiers, options, dask)
     out = Path(out)
     console = console or Console(stderr=True)
     store = ResultStore(out / "results.jsonl")
     done = store.open_for_append()
     todo = [j for j in plan if _should_run(done.get(j.key), rerun)]
-    counts = _Counts()
-    sidecars: dict[Path, dict[str, dict]] = {}
-    models: dict[Path, dict[str, Any]] = {}
-    solve_time = 0.0
-    ran = 0
+    recorder = _Recorder(store)
     interrupted = False
-
-    def record(job: Job, outcome: dict[str, Any], portfolio_info: dict[str, Any] | None) -> None:
-        nonlocal solve_time, ran
-        inst = job.instance
-        if inst.root not in sidecars:
-            sidecars[inst.root] = load_sidecar(inst.root)
-        model_path = inst.model_path
-        if model_path not in models:
-            models[model_path] = model_meta(model_path)
-        res = outcome["result"]
-        rec = {
-            "schema": SCHEMA,
-            "key": job.key,
-            "category": inst.category,
-            "onnx": inst.onnx,
-            "vnnlib": inst.vnnlib,
-            "model_path": str(model_path),
-            "spec_path": str(inst.spec_path),
-            "timeout": job.timeout,
-            "verifier": job.label,
-            "status": res["status"],
-            "result": res,
-            "prepare_time": outcome.get("prepare_time", 0.0),
-            "portfolio": portfolio_info,
-            "meta": spec_meta(inst.spec_path, sidecars[inst.root]),
-            "model": models[model_path],
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "host": outcome.get("host"),
-            "worker_pid": outcome.get("pid"),
-            "vfnn_version": __version__,
-        }
-        store.append(rec)
-        counts.n[res["status"]] += 1
-        solve_time += float(res.get("wall_time") or 0.0)
-        ran += 1
-
-    plain = show_progress and not console.is_terminal  # a CI log: a line now and then instead of a bar
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-        disable=not show_progress or plain,
-    )
-    log_line = _PlainProgress(console, len(todo)) if plain else None
-    backend = None
     restore = _install_sigterm()
     try:
         if portfolio and not dask and (jobs or 1) < len(verifiers):
@@ -177,65 +175,62 @@ def run_campaign(
             jobs = len(verifiers)
         if len(todo) < len(plan):
             console.print(f"resuming: {len(plan) - len(todo)} of {len(plan)} jobs already in {store.path}")
-        with progress:
-            bar = progress.add_task("campaign", total=len(todo), counts=counts.text())
-            runnable = []
-            for job in todo:  # broken rows and missing files never reach a worker
-                why = _precheck(job)
-                if why is None:
-                    runnable.append(job)
-                    continue
-                record(job, {"result": make_result("error", job.label, job.timeout or 0.0, why,
-                                                   model_path=str(job.instance.model_path),
-                                                   spec_path=str(job.instance.spec_path))}, None)
-                progress.update(bar, advance=1, counts=counts.text())
-                if log_line:
-                    log_line.tick(counts)
+        with _ProgressView(console, show_progress, len(todo), recorder) as progress:
+            runnable = _record_broken_rows(todo, recorder, progress.tick)
             if runnable:
-                backend = _make_backend(jobs, dask)
-                backend.start()
-
-                def tick() -> None:
-                    progress.update(bar, advance=1, counts=counts.text())
-                    if log_line:
-                        log_line.tick(counts)
-
-                _drive(backend, runnable, options or {}, record, tick)
+                _run_on_backend(make_backend(jobs, dask), runnable, options, recorder, progress.tick)
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if backend is not None:
-            backend.close()
         store.close()
         restore()
     csv_files = write_vnncomp(out, plan, load_latest(store.path))
-    return CampaignSummary(len(plan), len(plan) - len(todo), ran, dict(counts.n), time.perf_counter() - t_start,
-                           solve_time, store.path, csv_files, interrupted, None if dask else (jobs or 1))
+    return CampaignSummary(len(plan), len(plan) - len(todo), recorder.ran, dict(recorder.counts),
+                           time.perf_counter() - t_start, recorder.solve_time, store.path, csv_files, interrupted,
+                           None if dask else (jobs or 1))
 
 
-def _should_run(record: dict[str, Any] | None, rerun: tuple[str, ...]) -> bool:
+def _check_arguments(rerun: tuple[str, ...], jobs: int | None) -> None:
+    for s in rerun:
+        if s not in STATUSES:
+            raise VfnnError(f"--rerun {s!r}: expected one of {', '.join(STATUSES)}")
+    if jobs is not None and jobs < 1:
+        raise VfnnError(f"--jobs must be at least 1, got {jobs}")
+
+
+def _record_broken_rows(todo: list[Job], recorder: _Recorder, tick: Callable[[], None]) -> list[Job]:
+    """Record an ``error`` for every job whose row is broken or whose files are missing (they never
+    reach a worker); return the others."""
+    runnable = []
+    for job in todo:
+        why = _precheck(job)
+        if why is None:
+            runnable.append(job)
+            continue
+        inst = job.instance
+        result = make_result("error", job.label, job.timeout or 0.0, why, model_path=str(inst.model_path),
+                             spec_path=str(inst.spec_path))
+        recorder.record(job, Outcome(result))
+        tick()
+    return runnable
+
+
+def _run_on_backend(backend: Backend, jobs: list[Job], options: dict[str, dict[str, Any]], recorder: _Recorder,
+                    tick: Callable[[], None]) -> None:
+    """Start the backend, run every job on it, and stop it whatever happens (Ctrl-C included)."""
+    try:
+        backend.start()
+        _Scheduler(backend, jobs, options, recorder, tick).run()
+    finally:
+        backend.close()
+
+
+def _should_run(record: CampaignRecord | None, rerun: tuple[str, ...]) -> bool:
     """A job runs when it has no result, when its status is one of ``rerun``, or when its solver
     never started (start-up used its budget, its worker died first): that is no answer at all."""
     if record is None:
         return True
-    result = record["result"]
-    return result["status"] in rerun or (result.get("tool_stats") or {}).get("solver_started") is False
-
-
-class _PlainProgress:
-    """Progress for a console that is not a terminal: one line per tenth of the jobs, at most every 10 s."""
-
-    def __init__(self, console: Console, total: int) -> None:
-        self.console, self.total, self.done = console, total, 0
-        self.start = self.last = time.monotonic()
-
-    def tick(self, counts: _Counts) -> None:
-        self.done += 1
-        now = time.monotonic()
-        step = max(1, self.total // 10)
-        if self.done == self.total or (self.done % step == 0 and now - self.last >= 10.0):
-            self.last = now
-            self.console.print(f"[{self.done}/{self.total}] {counts.text()}  {now - self.start:.0f} s")
+    return record.status in rerun or record.result.tool_stats.get("solver_started") is False
 
 
 def _precheck(job: Job) -> str | None:
@@ -267,60 +262,76 @@ def _check_verifiers(names: list[str], options: dict[str, dict[str, Any]], dask:
             raise VerifierUnavailable(f"verifier {name} is not available: {avail.reason}{hint}")
 
 
-def _drive(backend: Any, jobs: list[Job], options: dict[str, dict[str, Any]], record: Any, tick: Any) -> None:
-    queue = deque(_JobState(j, list(j.verifiers)) for j in jobs)
-    active: dict[int, _JobState] = {}
-    ids = itertools.count()
+class _Scheduler:
+    """Keeps the backend's slots full in job order and records each job when it is complete: at its
+    one outcome, or for a portfolio at the first decisive outcome (the others are cancelled) or
+    when every verifier has answered."""
 
-    def finish(st: _JobState, winner: str | None) -> None:
-        if st.job.portfolio:
-            chosen = winner or next((v for s in NON_DECISIVE_PREFERENCE for v, o in st.outcomes.items()
-                                     if o["result"]["status"] == s), next(iter(st.outcomes)))
-            info = {
-                "verifiers": list(st.job.verifiers),
-                "winner": winner,
-                "chosen": chosen,
-                "results": {v: ({"status": st.outcomes[v]["result"]["status"],
-                                 "wall_time": st.outcomes[v]["result"].get("wall_time")}
-                                if v in st.outcomes else {"status": "stopped"}) for v in st.job.verifiers},
-            }
-            record(st.job, st.outcomes[chosen], info)
-        else:
-            record(st.job, next(iter(st.outcomes.values())), None)
-        tick()
+    def __init__(self, backend: Backend, jobs: list[Job], options: dict[str, dict[str, Any]], recorder: _Recorder,
+                 tick: Callable[[], None]) -> None:
+        self.backend, self.options, self.recorder, self.tick = backend, options, recorder, tick
+        self.queue = deque(_JobState(j, list(j.verifiers)) for j in jobs)
+        self.active: dict[int, _JobState] = {}
+        self.ids = itertools.count()
 
-    while queue or active:
-        while backend.capacity > 0 and queue:
-            st = queue[0]
+    def run(self) -> None:
+        while self.queue or self.active:
+            self._fill()
+            for tid, outcome in self.backend.poll(0.5):
+                self._on_outcome(tid, outcome)
+
+    def _fill(self) -> None:
+        while self.backend.capacity > 0 and self.queue:
+            st = self.queue[0]
             v = st.pending.pop(0)
-            if not st.running and not st.outcomes:
-                st.started = time.monotonic()
-            tid = next(ids)
             inst = st.job.instance
-            task = Task(str(inst.model_path), str(inst.spec_path), v, float(st.job.timeout), dict(options.get(v, {})))
-            backend.submit(tid, task, hard_deadline(task.timeout))
+            task = Task(str(inst.model_path), str(inst.spec_path), v, float(st.job.timeout or 0.0),
+                        dict(self.options.get(v, {})))
+            tid = next(self.ids)
+            self.backend.submit(tid, task, hard_deadline(task.timeout))
             st.running[tid] = v
-            active[tid] = st
+            self.active[tid] = st
             if not st.pending:
-                queue.popleft()
-        for tid, outcome in backend.poll(0.5):
-            st = active.pop(tid, None)
-            if st is None:
-                continue  # a portfolio loser that finished while being stopped
-            v = st.running.pop(tid)
-            st.outcomes[v] = outcome
-            if st.job.portfolio and outcome["result"]["status"] in DECISIVE:
-                for other in list(st.running):
-                    backend.cancel(other)
-                    active.pop(other, None)
-                st.running.clear()
-                if st.pending:
-                    st.pending.clear()
-                    if queue and queue[0] is st:
-                        queue.popleft()
-                finish(st, v)
-            elif not st.running and not st.pending:
-                finish(st, None)
+                self.queue.popleft()
+
+    def _on_outcome(self, tid: int, outcome: Outcome) -> None:
+        st = self.active.pop(tid, None)
+        if st is None:
+            return  # a portfolio loser that finished while being stopped
+        v = st.running.pop(tid)
+        st.outcomes[v] = outcome
+        if st.job.portfolio and outcome.result.decided:
+            self._stop_the_others(st)
+            self._finish(st, winner=v)
+        elif not st.running and not st.pending:
+            self._finish(st, winner=None)
+
+    def _stop_the_others(self, st: _JobState) -> None:
+        for other in list(st.running):
+            self.backend.cancel(other)
+            self.active.pop(other, None)
+        st.running.clear()
+        if st.pending:
+            st.pending.clear()
+            if self.queue and self.queue[0] is st:
+                self.queue.popleft()
+
+    def _finish(self, st: _JobState, winner: str | None) -> None:
+        if st.job.portfolio:
+            info = _portfolio_info(st, winner)
+            self.recorder.record(st.job, st.outcomes[info.chosen], info)
+        else:
+            self.recorder.record(st.job, next(iter(st.outcomes.values())))
+        self.tick()
+
+
+def _portfolio_info(st: _JobState, winner: str | None) -> PortfolioInfo:
+    """Who won; without a winner the most informative other answer is chosen (timeout, unknown, error)."""
+    chosen = winner or next((v for s in UNDECIDED_ORDER for v, o in st.outcomes.items()
+                             if o.result.status == s), next(iter(st.outcomes)))
+    results = {v: ({"status": st.outcomes[v].result.status, "wall_time": st.outcomes[v].result.wall_time}
+                   if v in st.outcomes else {"status": "stopped"}) for v in st.job.verifiers}
+    return PortfolioInfo(tuple(st.job.verifiers), winner, chosen, results)
 
 
 def _install_sigterm() -> Any:

@@ -7,6 +7,9 @@ cuts it off (that job simply runs again) and readers skip it.  When a key appear
 once (``vfnn bench --rerun``), the last line wins.  One writer at a time is enforced with an
 advisory lock on ``results.jsonl.lock``.
 
+A line is a :class:`CampaignRecord`; this module is the only code that turns one into JSON or
+back, so every other module reads attributes and the file format has one definition.
+
 Reading is strict: a line that is not JSON, or a record without the fields ``vfnn gate`` and
 ``vfnn report`` rely on (``key``, ``onnx``, ``vnnlib``, ``verifier``, ``result.status``, ...), is an
 error naming the file and line (exit code 2), never skipped.  A CI gate must not pass on a file
@@ -16,21 +19,190 @@ the campaign ran, silently.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from vfnn.campaign.analysis import STATUSES
 from vfnn.errors import VfnnError
+from vfnn.verifiers.result import DECISIVE, STATUSES, VerificationResult
 
 SCHEMA = 1
 
 
-def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a result says about its model: the name and, from ``config.json``, how it was trained."""
+
+    name: str
+    method: str | None = None  # training label, ``ce+nbc`` or ``ce:5,ce+nbc:5``
+    train_eps: float | None = None
+    train_arch: str | None = None
+    train_dataset: str | None = None
+    train_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class PropertyMeta:
+    """What a result says about its property: from ``specs.json``, else the spec's file name."""
+
+    eps: float | None = None
+    label: int | None = None
+    index: int | None = None
+    dataset: str | None = None
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class PortfolioInfo:
+    """Who won a portfolio job and what the others did (``{"status": "stopped"}`` when cut short)."""
+
+    verifiers: tuple[str, ...]
+    winner: str | None  # None when no verifier decided
+    chosen: str  # whose result the record carries
+    results: dict[str, dict[str, Any]]  # verifier -> {status, wall_time} or {status: "stopped"}
+
+
+@dataclass(frozen=True)
+class CampaignRecord:
+    """One finished job: the verifier layer's result plus the job's keys and provenance.
+
+    The field meanings are the ``results.jsonl`` schema of docs/campaigns.md."""
+
+    key: str  # <onnx>::<vnnlib>::<verifier>
+    onnx: str  # as written in instances.csv
+    vnnlib: str
+    verifier: str  # a verifier name or portfolio(a,b)
+    result: VerificationResult
+    category: str = ""
+    model_path: str | None = None  # the absolute paths that were used
+    spec_path: str | None = None
+    timeout: float | None = None  # None for a broken instances.csv row
+    prepare_time: float = 0.0
+    portfolio: PortfolioInfo | None = None
+    meta: PropertyMeta = field(default_factory=PropertyMeta)
+    model: ModelInfo | None = None
+    finished_at: str | None = None
+    host: str | None = None
+    worker_pid: int | None = None
+    vfnn_version: str | None = None
+
+    @property
+    def status(self) -> str:
+        return self.result.status
+
+    @property
+    def decided(self) -> bool:
+        return self.result.status in DECISIVE
+
+    @property
+    def wall_time(self) -> float:
+        """The verifier's wall time, 0 when unknown (a row that never ran)."""
+        return float(self.result.wall_time or 0.0)
+
+    @property
+    def instance(self) -> str:
+        """The property's identity across verifiers: ``onnx::vnnlib`` as written in instances.csv."""
+        return f"{self.onnx}::{self.vnnlib}"
+
+    @property
+    def eps(self) -> float | None:
+        return None if self.meta.eps is None else float(self.meta.eps)
+
+    @property
+    def model_name(self) -> str:
+        return (self.model.name if self.model else None) or Path(self.onnx or "?").stem
+
+    @property
+    def method(self) -> str | None:
+        return self.model.method if self.model else None
+
+    @property
+    def unstable_total(self) -> int | None:
+        u = self.result.unstable
+        return None if u is None else u.unstable
+
+    @property
+    def unstable_layers(self) -> list[int] | None:
+        """Unstable neurons per ReLU layer, in layer order (None without a record)."""
+        u = self.result.unstable
+        if u is None or not u.layers:
+            return None
+        return [s.unstable for s in sorted(u.layers, key=lambda s: s.layer)]
+
+    @property
+    def stable_fraction(self) -> float | None:
+        u = self.result.unstable
+        return None if u is None or not u.neurons else 1 - u.unstable / u.neurons
+
+
+def _to_dict(rec: CampaignRecord) -> dict[str, Any]:
+    """The JSON object of one line (schema 1; field order as the files have always had it)."""
+    def present(obj: Any) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None}
+
+    pf = rec.portfolio
+    return {
+        "schema": SCHEMA, "key": rec.key, "category": rec.category, "onnx": rec.onnx, "vnnlib": rec.vnnlib,
+        "model_path": rec.model_path, "spec_path": rec.spec_path, "timeout": rec.timeout, "verifier": rec.verifier,
+        "status": rec.status, "result": rec.result.to_dict(), "prepare_time": rec.prepare_time,
+        "portfolio": None if pf is None else {"verifiers": list(pf.verifiers), "winner": pf.winner,
+                                              "chosen": pf.chosen, "results": pf.results},
+        "meta": present(rec.meta), "model": None if rec.model is None else present(rec.model),
+        "finished_at": rec.finished_at, "host": rec.host, "worker_pid": rec.worker_pid,
+        "vfnn_version": rec.vfnn_version,
+    }
+
+
+def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _from_dict(d: dict[str, Any]) -> CampaignRecord:
+    """A record from a validated line (:func:`record_problem` is None).  Result fields that older
+    writers may have left out and no reader needs get neutral values; the top-level ``status`` is a
+    copy of ``result.status`` and is not read."""
+    res = {"verifier": d["verifier"], "verifier_version": None, "options": {}, "wall_time": 0.0, "tool_time": None,
+           "timeout": d.get("timeout") or 0.0, **d["result"]}
+    res["wall_time"] = res["wall_time"] or 0.0  # a non-finite time was written as null
+    res["timeout"] = math.inf if res["timeout"] is None else res["timeout"]
+    pf = d.get("portfolio")
+    return CampaignRecord(
+        key=d["key"], onnx=d["onnx"], vnnlib=d["vnnlib"], verifier=d["verifier"],
+        result=VerificationResult.from_dict(res), category=d.get("category") or "",
+        model_path=d.get("model_path"), spec_path=d.get("spec_path"), timeout=d.get("timeout"),
+        prepare_time=float(d.get("prepare_time") or 0.0),
+        portfolio=None if pf is None else PortfolioInfo(tuple(pf["verifiers"]), pf.get("winner"), pf["chosen"],
+                                                        dict(pf.get("results") or {})),
+        meta=PropertyMeta(**_known(PropertyMeta, d.get("meta") or {})),
+        model=None if d.get("model") is None else ModelInfo(**_known(ModelInfo, d["model"])),
+        finished_at=d.get("finished_at"), host=d.get("host"), worker_pid=d.get("worker_pid"),
+        vfnn_version=d.get("vfnn_version"),
+    )
+
+
+def _parse(raw: bytes) -> tuple[CampaignRecord | None, str | None]:
+    """A line's record, or why it is not one."""
+    try:
+        d = json.loads(raw)
+    except ValueError:  # includes bytes that are not UTF-8
+        return None, "not JSON"
+    problem = record_problem(d)
+    if problem is not None:
+        return None, problem
+    try:
+        return _from_dict(d), None
+    except (KeyError, TypeError, ValueError) as exc:  # e.g. a sat without a counterexample, a bad portfolio
+        return None, f"not a result the verifier layer gives ({type(exc).__name__}: {exc})"
+
+
+def iter_records(path: str | Path) -> Iterator[CampaignRecord]:
     """Every complete record of a results file, in file order.
 
     A torn last line (a write cut short by a kill) is skipped; any other line that is not a
@@ -46,12 +218,8 @@ def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
                 break  # torn tail: the job that was being written did not finish
             if not raw.strip():
                 continue
-            try:
-                rec = json.loads(raw)
-            except ValueError:  # includes bytes that are not UTF-8
-                rec = None
-            problem = "not JSON" if rec is None else record_problem(rec)
-            if problem is not None:
+            rec, problem = _parse(raw)
+            if rec is None:
                 raise VfnnError(f"{path}:{number}: not a vfnn result record ({problem}; corrupt or edited file)")
             yield rec
 
@@ -120,20 +288,20 @@ def record_problem(rec: Any) -> str | None:
     return None
 
 
-def load_latest(path: str | Path) -> dict[str, dict[str, Any]]:
+def load_latest(path: str | Path) -> dict[str, CampaignRecord]:
     """The last record of every job key (file order is completion order)."""
-    latest: dict[str, dict[str, Any]] = {}
+    latest: dict[str, CampaignRecord] = {}
     for rec in iter_records(path):
-        latest.pop(rec["key"], None)
-        latest[rec["key"]] = rec
+        latest.pop(rec.key, None)
+        latest[rec.key] = rec
     return latest
 
 
-def load_records(paths: list[str | Path] | str | Path) -> list[dict[str, Any]]:
+def load_records(paths: list[str | Path] | str | Path) -> list[CampaignRecord]:
     """The latest record per key over one or several results files."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    merged: dict[str, dict[str, Any]] = {}
+    merged: dict[str, CampaignRecord] = {}
     for p in paths:
         merged.update(load_latest(p))
     return list(merged.values())
@@ -147,7 +315,7 @@ class ResultStore:
         self._f: IO[bytes] | None = None
         self._lock: IO[bytes] | None = None
 
-    def open_for_append(self) -> dict[str, dict[str, Any]]:
+    def open_for_append(self) -> dict[str, CampaignRecord]:
         """Lock the file, cut a torn tail, and return the records already there (latest per key)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.path.with_name(self.path.name + ".lock"), "wb")
@@ -188,11 +356,11 @@ class ResultStore:
         os.fsync(f.fileno())
         f.seek(0, os.SEEK_END)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: CampaignRecord) -> None:
         """Write one record as one line and make it durable before returning."""
         if self._f is None:
             raise RuntimeError("ResultStore.append before open_for_append")
-        line = json.dumps(_finite(record), separators=(",", ":"), allow_nan=False, default=_jsonable) + "\n"
+        line = json.dumps(_finite(_to_dict(record)), separators=(",", ":"), allow_nan=False, default=_jsonable) + "\n"
         self._f.write(line.encode())
         self._f.flush()
         os.fsync(self._f.fileno())

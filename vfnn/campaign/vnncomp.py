@@ -20,9 +20,12 @@ import gzip
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vfnn.campaign.jobs import Job
+
+if TYPE_CHECKING:  # this module is also imported by `vfnn verify`, which must start fast
+    from vfnn.campaign.store import CampaignRecord
 
 
 def tool_folder(label: str) -> str:
@@ -31,15 +34,17 @@ def tool_folder(label: str) -> str:
 
 
 def counterexample_text(x: list[float], y: list[float] | None) -> str:
-    """VNN-COMP counterexample format (``repr`` floats: exact round trip)."""
+    """A counterexample in the VNN-COMP format, ``((X_0 v) ... (Y_0 v))`` with one pair per line and
+    ``repr`` floats (an exact round trip): ``vfnn verify --save-counterexample`` and the campaign's
+    ``*.counterexample.gz`` files are the same text."""
     items = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x)]
     items += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y or [])]
-    return "(" + "\n ".join(items) + ")\n"
+    return "(" + "\n".join(items) + ")\n"
 
 
-def write_vnncomp(out: Path, jobs: list[Job], records: dict[str, dict[str, Any]]) -> list[Path]:
+def write_vnncomp(out: Path, jobs: list[Job], records: dict[str, CampaignRecord]) -> list[Path]:
     """Write ``<out>/<tool>/results.csv`` (and counterexamples) for every finished job of ``jobs``."""
-    by_label: dict[str, list[dict[str, Any]]] = {}
+    by_label: dict[str, list[CampaignRecord]] = {}
     for job in jobs:
         rec = records.get(job.key)
         by_label.setdefault(job.label, [])
@@ -53,15 +58,15 @@ def write_vnncomp(out: Path, jobs: list[Job], records: dict[str, dict[str, Any]]
         with open(path, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             for rec in recs:
-                res = rec["result"]
-                w.writerow([rec["category"], rec["onnx"], rec["vnnlib"], f"{rec.get('prepare_time', 0.0):.6f}",
-                            res["status"], f"{res.get('wall_time') or 0.0:.6f}"])
-                if res["status"] == "sat" and res.get("counterexample_input") is not None:
-                    ce_dir = folder / rec["category"]
+                res = rec.result
+                w.writerow([rec.category, rec.onnx, rec.vnnlib, f"{rec.prepare_time:.6f}", rec.status,
+                            f"{rec.wall_time:.6f}"])
+                if rec.status == "sat" and res.counterexample_input is not None:
+                    ce_dir = folder / rec.category
                     ce_dir.mkdir(parents=True, exist_ok=True)
-                    name = f"{Path(rec['onnx']).stem}_{Path(rec['vnnlib']).stem}.counterexample.gz"
+                    name = f"{Path(rec.onnx).stem}_{Path(rec.vnnlib).stem}.counterexample.gz"
                     with gzip.open(ce_dir / name, "wt") as g:
-                        g.write(counterexample_text(res["counterexample_input"], res.get("counterexample_output")))
+                        g.write(counterexample_text(res.counterexample_input, res.counterexample_output))
         written.append(path)
     if len(by_label) == 1:
         shutil.copyfile(written[0], out / "results.csv")

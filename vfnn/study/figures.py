@@ -6,8 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vfnn.campaign.analysis import status, wall_time
 from vfnn.campaign.figures import pyplot
+from vfnn.campaign.store import CampaignRecord
 from vfnn.study.config import Study
 
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
@@ -18,7 +18,7 @@ def _name(*parts: Any) -> str:
     return "_".join(str(p).replace(":", "-").replace("/", "-").replace(" ", "") for p in parts)
 
 
-def write_study_figures(study: Study, rows: list[dict[str, Any]], groups: dict[tuple, list[dict[str, Any]]],
+def write_study_figures(study: Study, rows: list[dict[str, Any]], groups: dict[tuple, list[CampaignRecord]],
                         folder: Path) -> list[Path]:
     """One set of figures per dataset x arch (x verifier for the verification ones)."""
     if not rows:
@@ -74,12 +74,12 @@ def _save(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, pat
     return path
 
 
-def _cactus(plt: Any, groups: dict[tuple, list[dict[str, Any]]], title: str, path: Path) -> Path:
+def _cactus(plt: Any, groups: dict[tuple, list[CampaignRecord]], title: str, path: Path) -> Path:
     """Properties decided within t seconds, one line per recipe (all radii pooled)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     by_recipe: dict[str, list[float]] = defaultdict(list)
     for key, recs in groups.items():
-        by_recipe[key[2]] += [wall_time(r) for r in recs if status(r) in ("sat", "unsat")]
+        by_recipe[key[2]] += [r.wall_time for r in recs if r.decided]
     for recipe, times in by_recipe.items():
         times.sort()
         ax.step([0.0, *times], list(range(len(times) + 1)), where="post", label=f"{recipe} ({len(times)})")

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from vfnn import __version__
-from vfnn.campaign.analysis import eps_of, status, unstable_layers, unstable_total, wall_time
-from vfnn.campaign.store import load_records
+from vfnn.campaign.reports import Table
+from vfnn.campaign.store import CampaignRecord, load_records
 from vfnn.study.config import ModelRun, Study
 
 TRAIN_COLUMNS = ("dataset", "arch", "recipe", "seeds", "clean %", "PGD %", "CROWN-verified %", "unstable",
@@ -69,41 +68,40 @@ def training_rows(study: Study) -> list[dict[str, Any]]:
     return rows
 
 
-def _records_by_run(study: Study) -> dict[ModelRun, list[dict[str, Any]]]:
+def _records_by_run(study: Study) -> dict[ModelRun, list[CampaignRecord]]:
     from vfnn.study.runner import campaign_dir
 
     runs = {str((r.run_dir / "model.onnx").resolve()): r for r in study.runs}
-    out: dict[ModelRun, list[dict[str, Any]]] = defaultdict(list)
+    out: dict[ModelRun, list[CampaignRecord]] = defaultdict(list)
     for dataset in study.datasets:
         path = campaign_dir(study, dataset) / "results.jsonl"
         if not path.is_file():
             continue
         for rec in load_records([path]):
-            run = runs.get(str(Path(rec.get("model_path", "")).resolve()))
+            run = runs.get(str(Path(rec.model_path or "").resolve()))
             if run is not None:
                 out[run].append(rec)
     return out
 
 
-def verification_rows(study: Study) -> tuple[list[dict[str, Any]], dict[tuple, list[dict[str, Any]]]]:
+def verification_rows(study: Study) -> tuple[list[dict[str, Any]], dict[tuple, list[CampaignRecord]]]:
     """One row per dataset x arch x recipe x eps x verifier (seeds pooled), and the records of each row."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple, list[CampaignRecord]] = defaultdict(list)
     for run, recs in _records_by_run(study).items():
         for rec in recs:
-            groups[(run.dataset, run.arch, run.recipe, eps_of(rec), rec["verifier"])].append(rec)
+            groups[(run.dataset, run.arch, run.recipe, rec.eps, rec.verifier)].append(rec)
     order = {(r.dataset, r.arch, r.recipe): i for i, r in enumerate(study.runs)}
     keys = sorted(groups, key=lambda k: (order[k[:3]], k[3] if k[3] is not None else -1, k[4]))
     rows = []
     for key in keys:
         recs = groups[key]
         n = len(recs)
-        counts = defaultdict(int)
+        counts: dict[str, int] = defaultdict(int)
         for r in recs:
-            counts[status(r)] += 1
-        times = [wall_time(r) for r in recs]
-        layers = [u for r in recs if (u := unstable_layers(r)) is not None]
-        stable = [1 - unstable_total(r) / r["result"]["unstable"]["total_neurons"] for r in recs
-                  if unstable_total(r) is not None and (r["result"]["unstable"] or {}).get("total_neurons")]
+            counts[r.status] += 1
+        times = [r.wall_time for r in recs]
+        layers = [u for r in recs if (u := r.unstable_layers) is not None]
+        stable = [f for r in recs if (f := r.stable_fraction) is not None]
         rows.append({
             "dataset": key[0], "arch": key[1], "recipe": key[2], "eps": key[3], "verifier": key[4], "n": n,
             "unsat": counts["unsat"] / n, "sat": counts["sat"] / n, "decided": (counts["unsat"] + counts["sat"]) / n,
@@ -136,21 +134,6 @@ def _verify_cells(r: dict[str, Any]) -> list[str]:
             _num(r["mean_s"], ".2f"), _num(r["median_s"], ".2f"), _num(r["unstable"]), per_layer, _pct(r["stable"])]
 
 
-def _md_table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(columns)))
-             + "|"]
-    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
-
-
-def _rich_table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> Table:
-    t = Table(title=title, title_justify="left")
-    for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i < 3 or c == "verifier" else "right")
-    for r in rows:
-        t.add_row(*r)
-    return t
-
-
 def write_study_report(study: Study, console: Console) -> Path:
     """Write OUT/report/{study.md, study.csv, study.json, figures/*.png}; print the tables; return study.md."""
     from vfnn.study.figures import write_study_figures
@@ -160,10 +143,10 @@ def write_study_report(study: Study, console: Console) -> Path:
     train_rows = training_rows(study)
     verify_rows, groups = verification_rows(study)
     figures = write_study_figures(study, verify_rows, groups, out / "figures")
-    console.print(_rich_table("Training (at the training eps, on the run's evaluation images)", TRAIN_COLUMNS,
-                              [_train_cells(r) for r in train_rows]))
-    console.print(_rich_table("Verification (per property radius; times in seconds per property)", VERIFY_COLUMNS,
-                              [_verify_cells(r) for r in verify_rows]))
+    console.print(Table("Training (at the training eps, on the run's evaluation images)", TRAIN_COLUMNS,
+                        [_train_cells(r) for r in train_rows], left=3).rich())
+    console.print(Table("Verification (per property radius; times in seconds per property)", VERIFY_COLUMNS,
+                        [_verify_cells(r) for r in verify_rows], left=3).rich())
     with open(out / "study.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*VERIFY_COLUMNS, "clean %", "PGD %", "s/epoch"])
@@ -213,13 +196,13 @@ def _markdown(study: Study, train_rows: list[dict], verify_rows: list[dict], fig
         "Clean, PGD and CROWN-verified accuracy and CROWN-unstable neurons at the training radius on the run's "
         "evaluation images; seconds per training epoch and its ratio to the `ce` recipe of the same dataset and "
         "architecture. Means over seeds.", "",
-        _md_table(TRAIN_COLUMNS, [_train_cells(r) for r in train_rows]), "",
+        Table("", TRAIN_COLUMNS, [_train_cells(r) for r in train_rows], left=3).markdown(), "",
         "## Verification", "",
         "Per property radius: UNSAT = verified, SAT = a counterexample that replayed on the ONNX model, decided = "
         "either; times are the verifier's wall time per property (timeouts count at their full time); unstable = "
         "vfnn's CROWN count of unstable ReLUs over the property's input box (the same for every verifier), "
         "stable % = the share of ReLUs that are stable there.", "",
-        _md_table(VERIFY_COLUMNS, [_verify_cells(r) for r in verify_rows]), "",
+        Table("", VERIFY_COLUMNS, [_verify_cells(r) for r in verify_rows], left=3).markdown(), "",
     ]
     if figures:
         parts += ["## Figures", ""]

@@ -26,6 +26,7 @@ from vfnn.stats import UnstableRecord
 
 Status = Literal["unsat", "sat", "timeout", "unknown", "error"]
 STATUSES: tuple[str, ...] = ("unsat", "sat", "timeout", "unknown", "error")
+DECISIVE: tuple[str, ...] = ("sat", "unsat")  # the statuses that answer the question
 
 #: Exit codes of ``vfnn verify`` (2 is reserved for user errors: bad file, missing verifier).
 EXIT_CODES: dict[str, int] = {"unsat": 0, "sat": 1, "unknown": 3, "timeout": 4, "error": 5}
@@ -63,7 +64,7 @@ class VerificationResult:
 
     @property
     def decided(self) -> bool:
-        return self.status in ("sat", "unsat")
+        return self.status in DECISIVE
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
