@@ -122,3 +122,81 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path: Path, capsys: py
     assert code == 2 and "Traceback" not in err, err
     (line,) = err.strip().splitlines()
     assert "checkpoint.pt" in line and ("unreadable checkpoint" in line or "not a vfnn checkpoint" in line), line
+
+
+def test_every_declared_option_is_a_flag_and_a_config_entry() -> None:
+    """Generation from the registries: each option of each objective and regulariser has a flag, a help line,
+    its default in config.json, and a value given on the command line reaches ``TrainConfig.options``."""
+    from vfnn.study.config import parse_train_args
+    from vfnn.train.cli import train
+    from vfnn.train.components import option_flag
+    from vfnn.train.config import TrainConfig, option_owners
+    from vfnn.train.objectives import OBJECTIVES
+    from vfnn.train.regularisers import REGULARISERS
+
+    flags = {opt: p for p in train.params for opt in p.opts}
+    owners = option_owners()
+    assert set(owners) >= {"pgd", "trades", "nbc"}
+    for cls in (*OBJECTIVES.values(), *REGULARISERS.values()):
+        assert all(owner.name in owners for owner in cls.owners())
+    defaults = TrainConfig().validate().to_dict()["options"]
+    for name, cls in owners.items():
+        for o in vars(cls)["options"]:
+            flag = option_flag(name, o)
+            assert flag in flags and flags[flag].help == o.help, flag
+            assert name in defaults and o.name in defaults[name], (name, o.name)
+            if o.type in (int, float):
+                value = (o.default or 0) + 2
+                cfg, argv = parse_train_args([flag, str(value)])
+                assert cfg.options[name][o.name] == value and flag in argv, flag
+    assert [*flags["--method"].type.choices] == [*OBJECTIVES]
+    assert [*flags["--nbc-neighbours"].type.choices] == ["uniform", "adversarial", "both", "persistent"]
+
+
+def test_a_regulariser_defined_here_gets_its_options_flags_and_help(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new regulariser is one class: registered, it is on the command line, in --help and in config.json."""
+    from vfnn.train import regularisers
+    from vfnn.train.components import TrainOption
+
+    class Shrink(regularisers.Regulariser):
+        """squared weights times --shrink-power (a test's own regulariser)."""
+
+        name = "shrink"
+        default_weight = 0.25
+        options = (TrainOption("power", float, 1.0, "Scale of the penalty.", minimum=0, strict=True),)
+
+        def loss(self, model, batch, s):
+            return self.settings["power"] * sum((p ** 2).sum() for p in model.parameters())
+
+    monkeypatch.setitem(regularisers.REGULARISERS, "shrink", Shrink)
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0 and "--shrink-power" in out and "squared weights times" in out and "(default weight 0.25)" in out
+    run = tmp_path / "r"
+    code, _, err = run_cli(["train", "--arch", "fc:8", "--epochs", "1", "--reg", "shrink", "--shrink-power", "3",
+                            "--eval-size", "20", "--eval-pgd-steps", "1", "--out", str(run), "-q"], capsys)
+    assert code == 0, err
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["options"]["shrink"] == {"power": 3.0} and cfg["reg_weights"] == {"shrink": 0.25}
+    assert "shrink" in json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss_terms"]
+    code, _, err = run_cli(["train", "--shrink-power", "0", "-q"], capsys)
+    assert code == 2 and "--shrink-power must be > 0" in err
+
+
+def test_config_json_of_earlier_versions_is_read() -> None:
+    """Flat per-component keys (``nbc_every``, ``pgd_steps``), ``method`` + ``regs`` instead of ``phases``, and a
+    config wrapped under ``config`` all become the same TrainConfig as today's shape."""
+    from vfnn.train.config import Phase, TrainConfig
+
+    flat = {"dataset": "digits", "phases": [{"method": "trades", "regs": ["nbc"], "epochs": 2}],
+            "reg_weights": {"nbc": 2.0}, "pgd_steps": 4, "pgd_step_size": None, "trades_beta": 3.0,
+            "nbc_neighbours": "both", "nbc_samples": 2, "nbc_steps": 5, "nbc_c": 0.5, "nbc_layer_weights": [1, 2],
+            "nbc_every": 1, "eps": 0.1, "vfnn_version": "0.1.0", "argv": ["vfnn", "train"]}
+    cfg = TrainConfig.from_dict(flat)
+    assert cfg.options["pgd"] == {"steps": 4, "step_size": None} and cfg.options["trades"] == {"beta": 3.0}
+    assert cfg.options["nbc"] == {"neighbours": "both", "samples": 2, "steps": 5, "c": 0.5,
+                                  "layer_weights": (1.0, 2.0), "every": 1}
+    assert TrainConfig.from_dict(cfg.validate().to_dict()) == cfg
+    assert TrainConfig.from_dict({"config": flat}) == cfg
+    old = TrainConfig.from_dict({"method": "ce", "regs": ["nbc:3", {"name": "rs"}], "epochs": 2})
+    assert old.phases == [Phase("ce", ("nbc", "rs"), 2)] and old.reg_weights == {"nbc": 3.0, "rs": 0.5}

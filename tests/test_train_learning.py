@@ -71,7 +71,7 @@ def test_ibp_certifies_more_than_ce(runs: dict[str, dict]) -> None:
 
 def test_adversarial_methods_raise_pgd_accuracy(tmp_path: Path, runs: dict[str, dict]) -> None:
     for method in ("pgd", "trades"):
-        final = train(tmp_path, method, [Phase(method, (), 6)], pgd_steps=5)["final"]
+        final = train(tmp_path, method, [Phase(method, (), 6)], options={"pgd": {"steps": 5}})["final"]
         assert final["pgd_acc"] > runs["ce"]["pgd_acc"] + 0.1, (method, final["pgd_acc"])
 
 
@@ -125,9 +125,9 @@ def test_resume_gives_the_same_result(tmp_path: Path) -> None:
     assert not (tmp_path / "resumed" / "model.pt").exists()
     train(tmp_path, "resumed", phases, resume=True)
     assert without_time(metrics(tmp_path / "resumed")) == without_time(metrics(tmp_path / "full"))
-    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, _ = load_model(tmp_path / "full" / "model.pt")
+    b, _ = load_model(tmp_path / "resumed" / "model.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_resume_inside_an_nbc_phase_restores_the_persistent_neighbours(tmp_path: Path) -> None:

@@ -8,7 +8,10 @@ import torch.nn.functional as F
 
 from vfnn.train.attacks import pgd, project, uniform_in_ball
 from vfnn.train.models import build_model, forward_with_preacts
-from vfnn.train.regularisers import NBCOptions, layer_weights, nbc_agreement, nbc_neighbours, nbc_surrogate
+from vfnn.train.objectives import ScheduleValues
+from vfnn.train.regularisers import nbc_agreement, nbc_neighbours, nbc_surrogate, normalised_weights
+
+AT_01 = ScheduleValues(eps=0.1, target_eps=0.1)  # what a regulariser's loss gets: it uses the unramped radius
 
 
 @pytest.fixture
@@ -26,10 +29,10 @@ def test_surrogate_rewards_agreement() -> None:
 
 
 def test_layer_weights_normalise() -> None:
-    assert layer_weights(3, None) == pytest.approx([1 / 3] * 3)
-    assert layer_weights(2, (1.0, 3.0)) == pytest.approx([0.25, 0.75])
+    assert normalised_weights(3, None) == pytest.approx([1 / 3] * 3)
+    assert normalised_weights(2, (1.0, 3.0)) == pytest.approx([0.25, 0.75])
     with pytest.raises(ValueError):
-        layer_weights(3, (1.0, 1.0))
+        normalised_weights(3, (1.0, 1.0))
 
 
 def test_neighbours_stay_in_ball_and_pixel_box(net: torch.nn.Sequential) -> None:
@@ -38,7 +41,7 @@ def test_neighbours_stay_in_ball_and_pixel_box(net: torch.nn.Sequential) -> None
     x[:, :, 0, 1] = 1.0
     _, z = forward_with_preacts(net, x)
     for kind, count in (("uniform", 3), ("adversarial", 1), ("both", 4)):
-        xn = nbc_neighbours(net, x, z, 0.1, NBCOptions(neighbours=kind, samples=3, steps=5))
+        xn = nbc_neighbours(net, x, z, 0.1, kind, samples=3, steps=5)
         assert xn.shape[0] == count * 16
         assert (xn - x.repeat(count, 1, 1, 1)).abs().max() <= 0.1 + 1e-6
         assert xn.min() >= 0.0 and xn.max() <= 1.0
@@ -48,8 +51,8 @@ def test_adversarial_neighbours_find_more_disagreement(net: torch.nn.Sequential)
     x = torch.rand(64, 1, 8, 8)
     _, z = forward_with_preacts(net, x)
     gen = torch.Generator().manual_seed(0)
-    uni = nbc_neighbours(net, x, z, 0.1, NBCOptions(neighbours="uniform", samples=4), gen)
-    adv = nbc_neighbours(net, x, z, 0.1, NBCOptions(neighbours="adversarial", steps=10), gen)
+    uni = nbc_neighbours(net, x, z, 0.1, "uniform", samples=4, generator=gen)
+    adv = nbc_neighbours(net, x, z, 0.1, "adversarial", steps=10, generator=gen)
     _, agree_uniform = nbc_agreement(net, x, uni)
     per_layer, agree_adv = nbc_agreement(net, x, adv)
     assert agree_adv < agree_uniform < 1.0
@@ -60,16 +63,15 @@ def test_adversarial_neighbours_find_more_disagreement(net: torch.nn.Sequential)
 def test_nbc_gradient_reduces_disagreement(net: torch.nn.Sequential) -> None:
     """A few steps on the NBC loss alone raise the NBC metric (the surrogate points the right way)."""
     x = torch.rand(128, 1, 8, 8)
-    opts = NBCOptions(neighbours="uniform", samples=2)
     gen = torch.Generator().manual_seed(1)
     _, z = forward_with_preacts(net, x)
-    probe = nbc_neighbours(net, x, z, 0.2, NBCOptions(neighbours="uniform", samples=4), gen)
+    probe = nbc_neighbours(net, x, z, 0.2, "uniform", samples=4, generator=gen)
     before = nbc_agreement(net, x, probe)[1]
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
     for _ in range(30):
         _, z = forward_with_preacts(net, x)
-        xn = nbc_neighbours(net, x, z, 0.2, opts)
-        loss = nbc_surrogate(z, forward_with_preacts(net, xn)[1], 1.0, layer_weights(3, None))
+        xn = nbc_neighbours(net, x, z, 0.2, "uniform", samples=2)
+        loss = nbc_surrogate(z, forward_with_preacts(net, xn)[1], 1.0, normalised_weights(3, None))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -112,22 +114,22 @@ def test_persistent_neighbours_stay_in_ball_and_climb_the_disagreement(net: torc
 
     torch.manual_seed(0)
     x_all = torch.rand(50, 1, 8, 8)
-    reg = NBC("nbc", 1.0, nbc=NBCOptions(neighbours="persistent", every=1))
+    reg = NBC({"neighbours": "persistent", "every": 1}, weight=1.0)
     idx = torch.arange(10, 42)
     batch = Batch(x_all[idx], torch.zeros(32, dtype=torch.long), idx, len(x_all), 0)
-    before = reg.loss(net, batch, 0.1)
+    before = reg.loss(net, batch, AT_01)
     assert reg.offsets is not None and reg.offsets.shape == (50, 1, 8, 8)
     stored = reg.offsets.clone()
     before.backward()
     moved = reg.offsets
     assert torch.equal(moved[:10], stored[:10]) and torch.equal(moved[42:], stored[42:])  # only the batch's rows
     assert not torch.equal(moved[idx], stored[idx]) and moved.abs().max() <= 1.0
-    again = reg.loss(net, Batch(x_all[idx], batch.y, idx, len(x_all), 1), 0.1)
+    again = reg.loss(net, Batch(x_all[idx], batch.y, idx, len(x_all), 1), AT_01)
     assert again > before  # the neighbours now disagree more with their images
     x_n = (x_all[idx] + 0.1 * moved[idx].float()).clamp(0, 1)
     assert (x_n - x_all[idx]).abs().max() <= 0.1 + 1e-6
     assert reg.state()["offsets"].dtype == torch.float16
-    fresh = NBC("nbc", 1.0, nbc=NBCOptions(neighbours="persistent"))
+    fresh = NBC({"neighbours": "persistent"}, weight=1.0)
     fresh.load_state(reg.state())
     assert torch.equal(fresh.offsets, reg.offsets)
 
@@ -136,7 +138,7 @@ def test_nbc_every_k_skips_batches() -> None:
     from vfnn.train.objectives import Batch
     from vfnn.train.regularisers import NBC
 
-    reg = NBC("nbc", 1.0, nbc=NBCOptions(every=3))
+    reg = NBC({"every": 3}, weight=1.0)
     x = torch.zeros(2, 1, 8, 8)
     active = [reg.active(Batch(x, torch.zeros(2, dtype=torch.long), step=s)) for s in range(7)]
     assert active == [True, False, False, True, False, False, True]

@@ -1,13 +1,21 @@
-"""``vfnn train``: one command for NBC and every baseline it is compared with."""
+"""``vfnn train``: one command for NBC and every baseline it is compared with.
+
+The options of the objectives and regularisers, the choice lists and the paragraphs of ``--help``
+that describe each method and regulariser are generated from the registries (vfnn.train.objectives,
+vfnn.train.regularisers, vfnn.train.data), so adding a component never touches this file.  They are
+built on first use: ``vfnn`` itself starts without importing torch.
+"""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 
-HELP = """Train a (verification-friendly) classifier and write a self-describing run directory.
+HELP_HEAD = """Train a (verification-friendly) classifier and write a self-describing run directory.
 
 \b
   vfnn train --dataset mnist --arch fc:100x3 --reg nbc --eps 0.05 --out runs/nbc
@@ -15,35 +23,18 @@ HELP = """Train a (verification-friendly) classifier and write a self-describing
   vfnn train --dataset mnist --schedule ce:5,ce+nbc:5 --reg nbc:0.5
   vfnn train --init runs/ce/model.onnx --schedule ce+nbc:3 --out runs/ft
   vfnn train --resume runs/nbc
+"""
 
-\b
-Methods (--method): ce (cross-entropy), pgd (Madry: CE at a PGD point),
-trades (CE + beta*KL at the KL-maximising point), ibp and crown-ibp
-(kappa*CE + (1-kappa)*CE(-m), m = lower bounds of the margins f_y - f_j over
-the eps-ball; crown-ibp uses beta*CROWN-IBP + (1-beta)*IBP bounds).  Certified
-methods ramp eps from 0 after --eps-warmup epochs over --eps-rampup epochs
-(default: half the phase) while kappa goes --kappa-start -> --kappa-end (1 ->
-0.5 for ibp, 1 -> 0 for crown-ibp) and beta 1 -> 0.  --radii r1,r2,.. with
-strictly decreasing --radius-weights (default 1, 1/2, 1/4, ..) sums the robust
-term over several radii (Liang et al. 2023).
+HELP_METHODS = """Methods (--method).  Certified methods ramp eps from 0 after --eps-warmup
+epochs over --eps-rampup epochs (default: half the phase) while kappa goes
+--kappa-start -> --kappa-end and beta 1 -> 0.  --radii r1,r2,.. with strictly
+decreasing --radius-weights (default 1, 1/2, 1/4, ..) sums the robust term
+over several radii (Liang et al. 2023)."""
 
-\b
-Regularisers (--reg NAME[:WEIGHT], repeatable; weights warm up linearly from 0
-over --reg-warmup epochs, default 1):
-  nbc  (default weight 15)   neuron behaviour consistency (Liu et al. 2025):
-       L = sum_i lambda_i * mean_j -tanh(1 + c * z_ij(x) * z_ij(x'))
-       z = ReLU inputs of layer i; x' = neighbours in the eps-ball (and [0,1]):
-       --nbc-neighbours persistent (default: one adversarial neighbour per
-       training image, kept across epochs and moved one signed-gradient step
-       by each training step's own input gradient), uniform (--nbc-samples
-       draws), adversarial (--nbc-steps signed-gradient steps maximising L
-       from a uniform start) or both; on every --nbc-every-th batch (4) with
-       that many times the weight; c = --nbc-c (1); lambda_i =
-       --nbc-layer-weights normalised to sum 1 (lNBC; default equal).
-  rs   (default weight 0.5)  ReLU stability (Xiao et al. 2019):
-       mean over layers and neurons of -tanh(1 + l*u), (l,u) = IBP bounds.
-  l1   (default weight 1e-5) sum of |w| over all weight matrices/kernels.
+HELP_REGS = """Regularisers (--reg NAME[:WEIGHT], repeatable; weights warm up linearly from 0
+over --reg-warmup epochs, default 1):"""
 
+HELP_TAIL = """
 \b
 Schedules: --schedule METHOD[+REG..]:EPOCHS[,..], e.g. ce:5,ce+nbc:5 trains 5
 epochs of ce then 5 of ce with NBC; regulariser weights come from --reg.
@@ -59,68 +50,145 @@ inputs.  See docs/training.md for every formula and default.
 RESUME_OVERRIDABLE = {"resume", "device", "quiet", "threads", "data_dir", "download"}
 
 
+def train_help() -> str:
+    """The full ``--help`` text: fixed paragraphs around one entry per registered method and regulariser."""
+    from vfnn.train.objectives import OBJECTIVES
+    from vfnn.train.regularisers import REGULARISERS
+
+    def entry(name: str, extra: str, doc: str) -> list[str]:
+        head, *rest = doc.splitlines() or [""]
+        first = f"  {name:<10}{extra}"
+        lines = [first, f"{'':12}{head}"] if extra else [f"  {name:<10}{head}"]
+        return [*lines, *(f"{'':12}{line}" for line in rest)]
+
+    methods = [line for name, cls in OBJECTIVES.items() for line in entry(name, "", cls.describe())]
+    regs = [line for name, cls in REGULARISERS.items()
+            for line in entry(name, f"(default weight {cls.default_weight:g})", cls.describe())]
+    body = "\n".join(["\b", HELP_METHODS, *methods, "", "\b", HELP_REGS, *regs])
+    return inspect.cleandoc(HELP_HEAD) + "\n\n" + body + "\n" + HELP_TAIL
+
+
+def component_params() -> list[click.Option]:
+    """One click option per declared objective/regulariser option: ``--<component>-<option>``."""
+    from vfnn.train.components import option_flag
+    from vfnn.train.config import option_owners
+
+    params = []
+    for name, cls in option_owners().items():
+        for o in vars(cls)["options"]:
+            kind: Any = click.Choice(list(o.choices)) if o.choices else (str if o.type is tuple else o.type)
+            params.append(click.Option([option_flag(name, o)], type=kind, default=o.default,
+                                       show_default=o.default is not None, help=o.help,
+                                       metavar="X,Y,.." if o.type is tuple else None))
+    return params
+
+
+def component_values(kw: dict) -> dict[str, dict[str, Any]]:
+    """The command's generated options as ``TrainConfig.options`` (checked there)."""
+    from vfnn.train.components import option_flag
+    from vfnn.train.config import option_owners
+
+    return {name: {o.name: kw[option_flag(name, o)[2:].replace("-", "_")] for o in vars(cls)["options"]}
+            for name, cls in option_owners().items()}
+
+
+def _params() -> list[click.Parameter]:
+    from vfnn.train.data import DATASETS
+    from vfnn.train.objectives import OBJECTIVES
+    from vfnn.train.regularisers import REGULARISERS
+
+    opt = click.Option
+    return [
+        opt(["--dataset"], default="digits", show_default=True, type=click.Choice(list(DATASETS)),
+            help="digits needs no download (scikit-learn's 8x8 digits)."),
+        opt(["--data-dir"], type=click.Path(file_okay=False), envvar="VFNN_DATA",
+            help="Folder with <dataset>/ files [env VFNN_DATA; default ~/.cache/vfnn]."),
+        opt(["--download/--no-download"], default=True, show_default=True,
+            help="Fetch missing dataset files from the official locations."),
+        opt(["--train-size"], type=int, help="Use only the first N training images."),
+        opt(["--eval-size"], type=int, default=1000, show_default=True, help="Test images used for the metrics."),
+        opt(["--val-size"], type=int, default=0, show_default=True,
+            help="Hold out the last N training images and compute the metrics on them instead of test images."),
+        opt(["--arch"], default="fc:100x3", show_default=True,
+            help="fc:WIDTHxDEPTH, fc:W1,W2,.., cnn:small, cnn:medium."),
+        opt(["--init", "init"], type=click.Path(dir_okay=False),
+            help="Start from a model: our model.pt or an ONNX file (fine-tuning)."),
+        opt(["--method"], default="ce", show_default=True, type=click.Choice(list(OBJECTIVES))),
+        opt(["--reg", "regs"], multiple=True, metavar="NAME[:WEIGHT]",
+            help=f"{', '.join(REGULARISERS)} (repeatable)."),
+        opt(["--schedule"], help="Phases METHOD[+REG..]:EPOCHS, comma-separated (replaces --method/--epochs)."),
+        opt(["--epochs"], type=int, help="Epochs (without --schedule).  [default: 10]"),
+        opt(["--eps"], type=float, help="Training/eval L-inf radius in pixel space [default: "
+            + ", ".join(f"{name} {_pixels(info.default_eps)}" for name, info in DATASETS.items()) + "]."),
+        opt(["--batch-size"], type=int, default=128, show_default=True),
+        opt(["--lr"], type=float, default=1e-3, show_default=True),
+        opt(["--optimizer"], type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
+        opt(["--weight-decay"], type=float, default=0.0, show_default=True),
+        opt(["--grad-clip"], type=float, default=10.0, show_default=True, help="Max gradient norm (0: off)."),
+        opt(["--eps-warmup"], type=float, default=0.0, show_default=True, help="Epochs at eps=0 (certified)."),
+        opt(["--eps-rampup"], type=float,
+            help="Epochs of linear eps ramp-up (certified) [default: half the phase]."),
+        opt(["--kappa-start"], type=float, default=1.0, show_default=True),
+        opt(["--kappa-end"], type=float, help="[default: " + ", ".join(
+            f"{cls.kappa_end:g} for {name}" for name, cls in OBJECTIVES.items() if cls.certified) + "]"),
+        opt(["--radii"], help="Multi-radius training radii, increasing (e.g. 0.1,0.2,0.3)."),
+        opt(["--radius-weights"], help="Their weights, strictly decreasing [default: 1,0.5,0.25,..]."),
+        *component_params(),
+        opt(["--reg-warmup"], type=float, default=1.0, show_default=True, help="Epochs of linear weight warm-up."),
+        opt(["--eval-pgd-steps"], type=int, default=20, show_default=True,
+            help="Steps of the evaluation attacks (PGD accuracy, adversarial NBC metric)."),
+        opt(["--seed"], type=int, default=0, show_default=True),
+        opt(["--device"], type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        opt(["--threads"], type=int, help="torch CPU threads."),
+        opt(["--out"], type=click.Path(file_okay=False),
+            help="Run directory [default: runs/<dataset>-<arch>-<phases>-s<seed>]."),
+        opt(["--overwrite"], is_flag=True, help="Replace an existing run in --out."),
+        opt(["--resume"], type=click.Path(file_okay=False), help="Continue the run in this directory."),
+        opt(["-q", "--quiet"], is_flag=True, help="No progress bar or per-epoch lines."),
+    ]
+
+
+def _pixels(v: float) -> str:
+    """A radius as people write it: 2/255 for an 8-bit step count, else the number."""
+    steps = v * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-9 and v < 0.05 else f"{v:g}"
+
+
+class TrainCommand(click.Command):
+    """A command whose options and help are built from the registries when first needed (and again if they change)."""
+
+    def __init__(self) -> None:
+        super().__init__("train", callback=_train, short_help="Train a classifier and write a run directory.",
+                         context_settings={"max_content_width": 100})
+        self._built: tuple[tuple[str, ...], ...] | None = None
+
+    @property  # type: ignore[override]
+    def params(self) -> list[click.Parameter]:
+        from vfnn.train.objectives import OBJECTIVES
+        from vfnn.train.regularisers import REGULARISERS
+
+        key = (tuple(OBJECTIVES), tuple(REGULARISERS))
+        if self._built != key:
+            self._params, self._built = _params(), key
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:  # click.Command.__init__ sets it: built lazily instead
+        self._params = value
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(train_help())
+
+
 def _default_out(dataset: str, arch: str, label: str, seed: int) -> Path:
     name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"{dataset}-{arch}-{label}-s{seed}")
     return Path("runs") / name
 
 
-@click.command("train", help=HELP, context_settings={"max_content_width": 100})
-@click.option("--dataset", default="digits", show_default=True,
-              type=click.Choice(["digits", "mnist", "fashion-mnist", "cifar10"]),
-              help="digits needs no download (scikit-learn's 8x8 digits).")
-@click.option("--data-dir", type=click.Path(file_okay=False), envvar="VFNN_DATA",
-              help="Folder with <dataset>/ files [env VFNN_DATA; default ~/.cache/vfnn].")
-@click.option("--download/--no-download", default=True, show_default=True,
-              help="Fetch missing dataset files from the official locations.")
-@click.option("--train-size", type=int, help="Use only the first N training images.")
-@click.option("--eval-size", type=int, default=1000, show_default=True, help="Test images used for the metrics.")
-@click.option("--val-size", type=int, default=0, show_default=True,
-              help="Hold out the last N training images and compute the metrics on them instead of test images.")
-@click.option("--arch", default="fc:100x3", show_default=True,
-              help="fc:WIDTHxDEPTH, fc:W1,W2,.., cnn:small, cnn:medium.")
-@click.option("--init", "init", type=click.Path(dir_okay=False),
-              help="Start from a model: our model.pt or an ONNX file (fine-tuning).")
-@click.option("--method", default="ce", show_default=True,
-              type=click.Choice(["ce", "pgd", "trades", "ibp", "crown-ibp"]))
-@click.option("--reg", "regs", multiple=True, metavar="NAME[:WEIGHT]", help="nbc, rs or l1 (repeatable).")
-@click.option("--schedule", help="Phases METHOD[+REG..]:EPOCHS, comma-separated (replaces --method/--epochs).")
-@click.option("--epochs", type=int, help="Epochs (without --schedule).  [default: 10]")
-@click.option("--eps", type=float, help="Training/eval L-inf radius in pixel space [default: mnist 0.1, "
-              "fashion-mnist 0.1, cifar10 2/255, digits 0.05].")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--grad-clip", type=float, default=10.0, show_default=True, help="Max gradient norm (0: off).")
-@click.option("--pgd-steps", type=int, default=10, show_default=True, help="Attack steps for pgd/trades training.")
-@click.option("--trades-beta", type=float, default=6.0, show_default=True)
-@click.option("--eps-warmup", type=float, default=0.0, show_default=True, help="Epochs at eps=0 (certified).")
-@click.option("--eps-rampup", type=float, help="Epochs of linear eps ramp-up (certified) [default: half the phase].")
-@click.option("--kappa-start", type=float, default=1.0, show_default=True)
-@click.option("--kappa-end", type=float, help="[default: 0.5 for ibp, 0 for crown-ibp]")
-@click.option("--radii", help="Multi-radius training radii, increasing (e.g. 0.1,0.2,0.3).")
-@click.option("--radius-weights", help="Their weights, strictly decreasing [default: 1,0.5,0.25,..].")
-@click.option("--nbc-neighbours", type=click.Choice(["uniform", "adversarial", "both", "persistent"]),
-              default="persistent", show_default=True)
-@click.option("--nbc-samples", type=int, default=1, show_default=True, help="Uniform neighbours per input.")
-@click.option("--nbc-steps", type=int, default=3, show_default=True, help="Steps of the adversarial neighbour.")
-@click.option("--nbc-c", type=float, default=1.0, show_default=True, help="c in -tanh(1 + c z(x) z(x')).")
-@click.option("--nbc-layer-weights", help="lNBC: one weight per ReLU layer, e.g. 1,0.5,0.25.")
-@click.option("--nbc-every", type=int, default=4, show_default=True,
-              help="NBC on every K-th batch only (its weight times K): a K-th of the cost.")
-@click.option("--reg-warmup", type=float, default=1.0, show_default=True, help="Epochs of linear weight warm-up.")
-@click.option("--eval-pgd-steps", type=int, default=20, show_default=True,
-              help="Steps of the evaluation attacks (PGD accuracy, adversarial NBC metric).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=int, help="torch CPU threads.")
-@click.option("--out", type=click.Path(file_okay=False),
-              help="Run directory [default: runs/<dataset>-<arch>-<phases>-s<seed>].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
-@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.pass_context
-def train(ctx: click.Context, **kw: object) -> None:
+def _train(ctx: click.Context, **kw: object) -> None:
     from vfnn.train.config import TrainConfigError
 
     if kw["resume"]:
@@ -165,7 +233,8 @@ def command_line(ctx: click.Context) -> list[str]:
 
 def config_from_options(kw: dict):
     """Build and validate a TrainConfig from the command's options."""
-    from vfnn.train.config import Phase, TrainConfig, TrainConfigError, parse_floats, parse_reg, parse_schedule
+    from vfnn.train.components import parse_floats
+    from vfnn.train.config import Phase, TrainConfig, TrainConfigError, parse_reg, parse_schedule
 
     reg_weights: dict[str, float] = {}
     for text in kw["regs"] or ():
@@ -198,17 +267,18 @@ def config_from_options(kw: dict):
         train_size=kw["train_size"], eval_size=int(kw["eval_size"]), arch=arch, init=kw["init"],
         phases=phases, reg_weights=reg_weights, eps=kw["eps"], batch_size=int(kw["batch_size"]), lr=float(kw["lr"]),
         optimizer=str(kw["optimizer"]), weight_decay=float(kw["weight_decay"]), grad_clip=float(kw["grad_clip"]),
-        pgd_steps=int(kw["pgd_steps"]), trades_beta=float(kw["trades_beta"]), eps_warmup=float(kw["eps_warmup"]),
+        options=component_values(kw), eps_warmup=float(kw["eps_warmup"]),
         eps_rampup=kw["eps_rampup"], kappa_start=float(kw["kappa_start"]), kappa_end=kw["kappa_end"],
         radii=parse_floats(kw["radii"], "--radii"),
         radius_weights=parse_floats(kw["radius_weights"], "--radius-weights"),
-        nbc_neighbours=str(kw["nbc_neighbours"]), nbc_samples=int(kw["nbc_samples"]), nbc_steps=int(kw["nbc_steps"]),
-        nbc_c=float(kw["nbc_c"]), nbc_layer_weights=parse_floats(kw["nbc_layer_weights"], "--nbc-layer-weights"),
-        nbc_every=int(kw["nbc_every"]), val_size=int(kw["val_size"]),
+        val_size=int(kw["val_size"]),
         reg_warmup=float(kw["reg_warmup"]), eval_pgd_steps=int(kw["eval_pgd_steps"]), seed=int(kw["seed"]),
         device=str(kw["device"]), threads=kw["threads"],
     )
     return cfg.validate()
+
+
+train = TrainCommand()
 
 
 def _resume(ctx: click.Context, kw: dict) -> None:

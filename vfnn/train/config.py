@@ -3,7 +3,9 @@
 A run is a list of *phases* (``method + regularisers`` for some epochs).  Without ``--schedule``
 there is one phase: ``--method`` with every ``--reg`` for ``--epochs``.  With
 ``--schedule ce:5,ce+nbc:5`` the phases are listed explicitly; the weights of the regularisers
-named in phases come from ``--reg name:weight`` (or the regulariser's default weight).
+named in phases come from ``--reg name:weight`` (or the regulariser's default weight).  The options
+that objectives and regularisers declare (vfnn.train.components) live in ``options``, one table per
+declaring class, validated here and nowhere else.
 """
 
 from __future__ import annotations
@@ -11,18 +13,27 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
-from vfnn.errors import VfnnError
+from vfnn.train.components import Component, TrainConfigError, declaring_classes, option_flag
 from vfnn.train.data import dataset_info
 from vfnn.train.models import Arch
-from vfnn.train.objectives import CERTIFIED, METHODS
-from vfnn.train.regularisers import DEFAULT_WEIGHTS, NEIGHBOUR_KINDS, REGULARISERS
-
-KAPPA_END_DEFAULT = {"ibp": 0.5, "crown-ibp": 0.0}
+from vfnn.train.objectives import OBJECTIVES
+from vfnn.train.regularisers import REGULARISERS
 
 
-class TrainConfigError(VfnnError):
-    """A training option is malformed or inconsistent."""
+def option_owners() -> dict[str, type[Component]]:
+    """Every objective and regulariser class that declares options: the keys of ``TrainConfig.options``."""
+    return declaring_classes((OBJECTIVES, REGULARISERS))
+
+
+def check_options(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The options table completed with every owner's defaults, each value parsed and range-checked."""
+    owners = option_owners()
+    unknown = sorted(set(table) - set(owners))
+    if unknown:
+        raise TrainConfigError(f"options for unknown component {unknown[0]!r} (known: {', '.join(owners)})")
+    return {name: cls.check_options(table.get(name, {})) for name, cls in owners.items()}
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,7 @@ def parse_reg(text: str) -> tuple[str, float]:
     if name not in REGULARISERS:
         raise TrainConfigError(f"unknown regulariser {name!r} in --reg {text!r} (known: {', '.join(REGULARISERS)})")
     if not w:
-        return name, DEFAULT_WEIGHTS[name]
+        return name, REGULARISERS[name].default_weight
     try:
         weight = float(w)
     except ValueError:
@@ -63,8 +74,9 @@ def parse_schedule(text: str) -> list[Phase]:
         names = m.group(1).split("+")
         # 'crown-ibp' contains a '-', never a '+', so splitting on '+' is unambiguous.
         method, regs = names[0], tuple(names[1:])
-        if method not in METHODS:
-            raise TrainConfigError(f"--schedule phase {part.strip()!r} must start with a method ({', '.join(METHODS)})")
+        if method not in OBJECTIVES:
+            raise TrainConfigError(f"--schedule phase {part.strip()!r} must start with a method "
+                                   f"({', '.join(OBJECTIVES)})")
         for r in regs:
             if r not in REGULARISERS:
                 raise TrainConfigError(f"unknown regulariser {r!r} in --schedule phase {part.strip()!r} "
@@ -75,15 +87,6 @@ def parse_schedule(text: str) -> list[Phase]:
             raise TrainConfigError(f"--schedule phase {part.strip()!r} needs at least 1 epoch")
         phases.append(Phase(method, regs, int(m.group(2))))
     return phases
-
-
-def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None or text == "":
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise TrainConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
 @dataclass
@@ -107,9 +110,6 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     grad_clip: float = 10.0
-    pgd_steps: int = 10
-    pgd_step_size: float | None = None
-    trades_beta: float = 6.0
     eps_warmup: float = 0.0
     eps_rampup: float | None = None
     kappa_start: float = 1.0
@@ -118,12 +118,7 @@ class TrainConfig:
     beta_end: float = 0.0
     radii: tuple[float, ...] | None = None
     radius_weights: tuple[float, ...] | None = None
-    nbc_neighbours: str = "persistent"
-    nbc_samples: int = 1
-    nbc_steps: int = 3
-    nbc_c: float = 1.0
-    nbc_layer_weights: tuple[float, ...] | None = None
-    nbc_every: int = 4
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # {component: {option: value}}
     reg_warmup: float = 1.0
     eval_pgd_steps: int = 20
     eval_nbc_samples: int = 4
@@ -136,10 +131,10 @@ class TrainConfig:
         return sum(p.epochs for p in self.phases)
 
     def weight(self, reg: str) -> float:
-        return self.reg_weights.get(reg, DEFAULT_WEIGHTS[reg])
+        return self.reg_weights.get(reg, REGULARISERS[reg].default_weight)
 
     def kappa_end_for(self, method: str) -> float:
-        return self.kappa_end if self.kappa_end is not None else KAPPA_END_DEFAULT.get(method, 1.0)
+        return self.kappa_end if self.kappa_end is not None else OBJECTIVES[method].kappa_end
 
     def validate(self) -> TrainConfig:
         """Fill derived defaults and reject inconsistent options (TrainConfigError, one line)."""
@@ -158,8 +153,9 @@ class TrainConfig:
                 raise TrainConfigError("--radius-weights must be positive and strictly decreasing as the radius grows "
                                        "(Liang et al. 2023)")
             self.radius_weights = tuple(w)
-            if not any(p.method in CERTIFIED for p in self.phases):
-                raise TrainConfigError("--radii is an option of the certified methods (ibp, crown-ibp)")
+            if not any(OBJECTIVES[p.method].certified for p in self.phases):
+                certified = ", ".join(name for name, cls in OBJECTIVES.items() if cls.certified)
+                raise TrainConfigError(f"--radii is an option of the certified methods ({certified})")
             if self.eps is None:
                 self.eps = max(r)
         elif self.radius_weights is not None:
@@ -168,18 +164,12 @@ class TrainConfig:
             self.eps = info.default_eps
         if not 0 <= self.eps <= 1:
             raise TrainConfigError(f"--eps {self.eps} must lie in [0, 1] (pixel space)")
-        if self.nbc_neighbours not in NEIGHBOUR_KINDS:
-            raise TrainConfigError(f"--nbc-neighbours must be one of {', '.join(NEIGHBOUR_KINDS)}")
-        if self.nbc_layer_weights is not None and (min(self.nbc_layer_weights) < 0 or sum(self.nbc_layer_weights) <= 0):
-            raise TrainConfigError("--nbc-layer-weights must be non-negative with a positive sum")
+        self.options = check_options(self.options)
         if self.optimizer not in ("adam", "sgd"):
             raise TrainConfigError(f"--optimizer must be adam or sgd, not {self.optimizer!r}")
         checks = [(self.batch_size >= 1, "--batch-size must be >= 1"), (self.lr > 0, "--lr must be > 0"),
                   (self.eval_size >= 1, "--eval-size must be >= 1"),
-                  (self.nbc_samples >= 1, "--nbc-samples must be >= 1"),
-                  (self.nbc_c > 0, "--nbc-c must be > 0"),
-                  (self.nbc_every >= 1, "--nbc-every must be >= 1"),
-                  (self.val_size >= 0, "--val-size must be >= 0"), (self.pgd_steps >= 1, "--pgd-steps must be >= 1"),
+                  (self.val_size >= 0, "--val-size must be >= 0"),
                   (self.reg_warmup >= 0 and self.eps_warmup >= 0, "warm-up lengths must be >= 0"),
                   (self.train_size is None or self.train_size >= 1, "--train-size must be >= 1"),
                   (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")]
@@ -189,18 +179,40 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
+        """config.json's training part: plain JSON values (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["phases"] = [{"method": p.method, "regs": list(p.regs), "epochs": p.epochs} for p in self.phases]
-        for k in ("radii", "radius_weights", "nbc_layer_weights"):
+        for k in ("radii", "radius_weights"):
             d[k] = list(d[k]) if d[k] is not None else None
+        d["options"] = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()}
+                        for name, opts in self.options.items()}
         return d
 
     @staticmethod
     def from_dict(d: dict) -> TrainConfig:
+        """A config.json (this version's, or older: flat ``nbc_every``-style options, ``method`` + ``regs``
+        instead of ``phases``, or the whole config under a ``config`` key) -> TrainConfig (options checked)."""
+        if isinstance(d.get("config"), dict) and "phases" not in d and "method" not in d:
+            d = d["config"]
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         kw = {k: v for k, v in d.items() if k in names}
-        kw["phases"] = [Phase(p["method"], tuple(p["regs"]), int(p["epochs"])) for p in d["phases"]]
-        for k in ("radii", "radius_weights", "nbc_layer_weights"):
+        if "phases" in d:
+            kw["phases"] = [Phase(p["method"], tuple(p["regs"]), int(p["epochs"])) for p in d["phases"]]
+        else:
+            regs = d.get("regs") or d.get("reg") or []
+            parsed = [(r["name"], float(r.get("weight", REGULARISERS[r["name"]].default_weight)))
+                      if isinstance(r, dict) else parse_reg(str(r))
+                      for r in ([regs] if isinstance(regs, str) else regs)]
+            kw["phases"] = [Phase(str(d["method"]), tuple(n for n, _ in parsed), int(d.get("epochs") or 10))]
+            kw.setdefault("reg_weights", dict(parsed))
+        for k in ("radii", "radius_weights"):
             if kw.get(k) is not None:
                 kw[k] = tuple(kw[k])
+        table = {name: dict(opts) for name, opts in (d.get("options") or {}).items()}
+        for name, cls in option_owners().items():  # before the options table: one flat key per option
+            for o in vars(cls)["options"]:
+                legacy = option_flag(name, o)[2:].replace("-", "_")
+                if legacy in d:
+                    table.setdefault(name, {}).setdefault(o.name, d[legacy])
+        kw["options"] = check_options(table)
         return TrainConfig(**kw)

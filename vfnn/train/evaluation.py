@@ -7,13 +7,16 @@ a generator seeded by the run seed and the epoch, so evaluation never moves the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from vfnn.train.attacks import pgd
 from vfnn.train.models import forward_with_preacts, relu_layer_sizes
 from vfnn.train.objectives import input_box, margin_matrix
-from vfnn.train.regularisers import NBCOptions, nbc_agreement, nbc_neighbours
+from vfnn.train.regularisers import nbc_agreement, nbc_neighbours
 
 UNSTABLE_METHOD = "crown"
 BOUND_FLOAT_BUDGET = 5e7  # floats per CROWN chunk (B * neurons^2), about 200 MB
@@ -27,8 +30,9 @@ def _verified(lb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float, n_classes: int, *,
-             pgd_steps: int, nbc_samples: int, nbc: NBCOptions, seed: int, chunk: int = 256) -> dict:
-    """All metrics of one epoch on ``(x, y)`` (already on the model's device)."""
+             pgd_steps: int, nbc_samples: int, nbc: Mapping[str, Any], seed: int, chunk: int = 256) -> dict:
+    """All metrics of one epoch on ``(x, y)`` (already on the model's device); ``nbc``: the run's NBC settings,
+    whose ``c`` and ``layer_weights`` the adversarial neighbour search climbs."""
     from vfnn.bounds import compute_bounds
 
     model.eval()
@@ -42,8 +46,6 @@ def evaluate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float,
     agree_u = [0.0] * len(sizes)
     agree_a = [0.0] * len(sizes)
     overall_u = overall_a = 0.0
-    adv_opts = NBCOptions(neighbours="adversarial", steps=pgd_steps, c=nbc.c, layer_weights=nbc.layer_weights)
-    uni_opts = NBCOptions(neighbours="uniform", samples=nbc_samples, c=nbc.c, layer_weights=nbc.layer_weights)
     for s in range(0, n, chunk):
         xb, yb = x[s:s + chunk], y[s:s + chunk]
         with torch.no_grad():
@@ -52,7 +54,8 @@ def evaluate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float,
         clean += int(ok.sum())
         with torch.enable_grad():
             x_adv = pgd(model, xb, yb, eps, pgd_steps, generator=gen)
-            x_nbc = nbc_neighbours(model, xb, z_x, eps, adv_opts, generator=gen)
+            x_nbc = nbc_neighbours(model, xb, z_x, eps, "adversarial", steps=pgd_steps, c=nbc["c"],
+                                   layer_weights=nbc["layer_weights"], generator=gen)
         with torch.no_grad():
             pgd_ok += int((ok & (model(x_adv).argmax(1) == yb)).sum())
             lower, upper = input_box(xb, eps)
@@ -65,7 +68,7 @@ def evaluate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float,
                 crown_ok += int((_verified(res.lower, yb[sl]) & ok[sl]).sum())
                 for i, (lo, up) in enumerate(res.pre_activation):
                     unstable[i] += float(((lo < 0) & (up > 0)).flatten(1).sum())
-            x_uni = nbc_neighbours(model, xb, z_x, eps, uni_opts, generator=gen)
+            x_uni = nbc_neighbours(model, xb, z_x, eps, "uniform", samples=nbc_samples, generator=gen)
         for acc, overall_name, xn in ((agree_u, "u", x_uni), (agree_a, "a", x_nbc)):
             per_layer, overall = nbc_agreement(model, xb, xn)
             for i, v in enumerate(per_layer):

@@ -13,16 +13,15 @@ w_k).  ``ibp`` bounds the margins with IBP; ``crown-ibp`` with beta * CROWN-IBP 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vfnn.train.attacks import pgd, trades_adversary
+from vfnn.train.components import Component, TrainOption
 from vfnn.train.models import forward_with_preacts
-
-METHODS = ("ce", "pgd", "trades", "ibp", "crown-ibp")
-CERTIFIED = ("ibp", "crown-ibp")
 
 
 def input_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +71,10 @@ class Batch:
     def clean_preacts(self, model: nn.Sequential) -> list[torch.Tensor]:
         return self.clean(model)[1]
 
+    def n_classes(self, model: nn.Sequential) -> int:
+        """The model's number of outputs, from the shared clean pass (so objectives need not be told it)."""
+        return int(self.clean_logits(model).shape[1])
+
     @property
     def clean_logits_if_computed(self) -> torch.Tensor | None:
         """The clean logits if some loss term needed them (for the running training accuracy)."""
@@ -80,66 +83,76 @@ class Batch:
 
 @dataclass(frozen=True)
 class ScheduleValues:
-    """What the schedules say for the current step."""
+    """What the schedules say for the current step: the one argument of every ``loss`` besides model and batch."""
 
     eps: float  # training radius after ramp-up (the largest radius for multi-radius)
+    target_eps: float  # the run's radius, not ramped (regularisers use it: a penalty is not ramped)
     kappa: float = 1.0
     beta: float = 0.0
     radii: tuple[tuple[float, float], ...] = ()  # (ramped radius, weight) pairs for certified methods
 
 
-@dataclass(frozen=True)
-class ObjectiveOptions:
-    pgd_steps: int = 10
-    pgd_step_size: float | None = None
-    trades_beta: float = 6.0
-    n_classes: int = 10
+class Objective(Component):
+    """Base class: ``loss`` returns (total, {term: value}); ``certified`` objectives get the eps/kappa ramp."""
+
+    certified: ClassVar[bool] = False
+    kappa_end: ClassVar[float] = 1.0  # the --kappa-end default of a certified objective
+
+    def loss(self, model: nn.Sequential, batch: Batch, s: ScheduleValues) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
 
 
-class Objective:
-    """Base class: ``loss`` returns (total, {term: value})."""
+class CrossEntropy(Objective):
+    """cross-entropy on the clean inputs."""
 
     name = "ce"
 
-    def __init__(self, options: ObjectiveOptions):
-        self.options = options
-
-    def loss(self, model: nn.Sequential, batch: Batch, s: ScheduleValues) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch, s):
         ce = F.cross_entropy(batch.clean_logits(model), batch.y)
         return ce, {"ce": float(ce.detach())}
 
 
 class PGDTraining(Objective):
-    """Madry et al. 2018: cross-entropy at a PGD point of the ball."""
+    """Madry et al. 2018: cross-entropy at a PGD point of the eps-ball."""
 
     name = "pgd"
+    options = (
+        TrainOption("steps", int, 10, "Attack steps for pgd/trades training.", minimum=1),
+        TrainOption("step_size", float, None, "Attack step for pgd/trades training [default: 2.5 eps / steps].",
+                    minimum=0, strict=True),
+    )
 
     def loss(self, model, batch, s):
-        x_adv = pgd(model, batch.x, batch.y, s.eps, self.options.pgd_steps, self.options.pgd_step_size)
+        x_adv = pgd(model, batch.x, batch.y, s.eps, self.settings["steps"], self.settings["step_size"])
         adv = F.cross_entropy(model(x_adv), batch.y)
         return adv, {"ce_adv": float(adv.detach())}
 
 
-class TRADES(Objective):
-    """Zhang et al. 2019: CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximising the KL."""
+class TRADES(PGDTraining):
+    """Zhang et al. 2019: CE(f(x), y) + beta * KL(f(x) || f(x')), x' the
+    KL-maximising point found with pgd's steps."""
 
     name = "trades"
+    options = (TrainOption("beta", float, 6.0, "beta of the KL term.", minimum=0),)
 
     def loss(self, model, batch, s):
         logits = batch.clean_logits(model)
-        x_adv = trades_adversary(model, batch.x, s.eps, self.options.pgd_steps, self.options.pgd_step_size)
+        x_adv = trades_adversary(model, batch.x, s.eps, self.settings["steps"], self.settings["step_size"])
         kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")
         ce = F.cross_entropy(logits, batch.y)
-        return ce + self.options.trades_beta * kl, {"ce": float(ce.detach()), "kl": float(kl.detach())}
+        return ce + self.settings["beta"] * kl, {"ce": float(ce.detach()), "kl": float(kl.detach())}
 
 
 class IBPTraining(Objective):
-    """Gowal et al. 2018, with CROWN-IBP's kappa schedule and optional multi-radius terms."""
+    """Gowal et al. 2018: kappa*CE + (1-kappa)*CE(-m), m = IBP lower bounds of
+    the margins f_y - f_j over the eps-ball (kappa 1 -> 0.5)."""
 
     name = "ibp"
+    certified = True
+    kappa_end = 0.5
 
     def robust_ce(self, model: nn.Sequential, batch: Batch, eps: float, s: ScheduleValues) -> torch.Tensor:
-        lb = margin_lower_bounds(model, batch.x, batch.y, eps, self.options.n_classes, "ibp")
+        lb = margin_lower_bounds(model, batch.x, batch.y, eps, batch.n_classes(model), "ibp")
         return F.cross_entropy(-lb, batch.y)
 
     def loss(self, model, batch, s):
@@ -156,14 +169,17 @@ class IBPTraining(Objective):
 
 
 class CROWNIBPTraining(IBPTraining):
-    """Zhang et al. 2020: margins bounded by beta * CROWN-IBP + (1 - beta) * IBP."""
+    """Zhang et al. 2020: as ibp with margins bounded by beta * CROWN-IBP +
+    (1 - beta) * IBP (kappa 1 -> 0, beta 1 -> 0)."""
 
     name = "crown-ibp"
+    kappa_end = 0.0
 
     def robust_ce(self, model, batch, eps, s):
-        lb = margin_lower_bounds(model, batch.x, batch.y, eps, self.options.n_classes, "ibp")
+        n_classes = batch.n_classes(model)
+        lb = margin_lower_bounds(model, batch.x, batch.y, eps, n_classes, "ibp")
         if s.beta > 0:
-            lb_crown = margin_lower_bounds(model, batch.x, batch.y, eps, self.options.n_classes, CROWN_IBP_METHOD)
+            lb_crown = margin_lower_bounds(model, batch.x, batch.y, eps, n_classes, CROWN_IBP_METHOD)
             lb = s.beta * lb_crown + (1.0 - s.beta) * lb
         return F.cross_entropy(-lb, batch.y)
 
@@ -172,9 +188,5 @@ class CROWNIBPTraining(IBPTraining):
 CROWN_IBP_METHOD = "crown-ibp"
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    "ce": Objective, "pgd": PGDTraining, "trades": TRADES, "ibp": IBPTraining, "crown-ibp": CROWNIBPTraining,
+    cls.name: cls for cls in (CrossEntropy, PGDTraining, TRADES, IBPTraining, CROWNIBPTraining)
 }
-
-
-def make_objective(name: str, options: ObjectiveOptions) -> Objective:
-    return OBJECTIVES[name](options)

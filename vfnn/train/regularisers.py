@@ -24,40 +24,21 @@ of the pre-activations over B(x, eps).  L1: sum of |w| over Linear/Conv weights 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vfnn.train.attacks import signed_gradient_ascent, uniform_in_ball
+from vfnn.train.components import Component, TrainConfigError, TrainOption
 from vfnn.train.models import forward_with_preacts
-from vfnn.train.objectives import Batch, input_box
+from vfnn.train.objectives import Batch, ScheduleValues, input_box
 
 NEIGHBOUR_KINDS = ("uniform", "adversarial", "both", "persistent")
-DEFAULT_WEIGHTS = {"nbc": 15.0, "rs": 0.5, "l1": 1e-5}
 
 
-@dataclass(frozen=True)
-class NBCOptions:
-    """How NBC picks neighbours and scales its surrogate (defaults documented in docs/training.md)."""
-
-    neighbours: str = "persistent"
-    samples: int = 1  # uniform samples per input (kinds "uniform" and "both")
-    steps: int = 3  # signed-gradient steps of the adversarial neighbour
-    c: float = 1.0  # scale inside tanh
-    layer_weights: tuple[float, ...] | None = None  # lNBC; None = equal weights
-    every: int = 4  # NBC on every k-th batch only, with k times the weight
-
-    def __post_init__(self) -> None:
-        if self.neighbours not in NEIGHBOUR_KINDS:
-            raise ValueError(f"NBC neighbours must be one of {NEIGHBOUR_KINDS}, not {self.neighbours!r}")
-        if self.samples < 1 or self.steps < 0 or self.c <= 0 or self.every < 1:
-            raise ValueError("NBC needs samples >= 1, steps >= 0, c > 0 and every >= 1")
-        if self.layer_weights is not None and (min(self.layer_weights) < 0 or sum(self.layer_weights) <= 0):
-            raise ValueError("NBC layer weights must be non-negative with a positive sum")
-
-
-def layer_weights(n_layers: int, weights: tuple[float, ...] | None) -> list[float]:
+def normalised_weights(n_layers: int, weights: tuple[float, ...] | None) -> list[float]:
     """Per-layer weights normalised to sum to 1 (equal when ``weights`` is None)."""
     if weights is None:
         return [1.0 / n_layers] * n_layers
@@ -92,20 +73,22 @@ def column_weights(z: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def nbc_neighbours(model: nn.Sequential, x: torch.Tensor, z_x: list[torch.Tensor], eps: float, opts: NBCOptions,
+def nbc_neighbours(model: nn.Sequential, x: torch.Tensor, z_x: list[torch.Tensor], eps: float, kind: str, *,
+                   samples: int = 1, steps: int = 3, c: float = 1.0, layer_weights: tuple[float, ...] | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Neighbours of ``x`` stacked neighbour-major: k uniform samples, an adversarial one, or both."""
+    """Neighbours of ``x`` stacked neighbour-major: ``samples`` uniform ones (``uniform``), an adversarial one
+    (``adversarial``: ``steps`` signed-gradient steps up the surrogate with ``c`` and ``layer_weights``), or both."""
     parts = []
-    if opts.neighbours in ("uniform", "both"):
-        parts += [uniform_in_ball(x, eps, generator) for _ in range(opts.samples)]
-    if opts.neighbours in ("adversarial", "both"):
+    if kind in ("uniform", "both"):
+        parts += [uniform_in_ball(x, eps, generator) for _ in range(samples)]
+    if kind in ("adversarial", "both"):
         z_fixed = [z.detach() for z in z_x]
-        weights = layer_weights(len(z_x), opts.layer_weights)
+        weights = normalised_weights(len(z_x), layer_weights)
 
         def disagreement(xa: torch.Tensor) -> torch.Tensor:
-            return nbc_surrogate(z_fixed, forward_with_preacts(model, xa)[1], opts.c, weights) * xa.shape[0]
+            return nbc_surrogate(z_fixed, forward_with_preacts(model, xa)[1], c, weights) * xa.shape[0]
 
-        parts.append(signed_gradient_ascent(disagreement, x, uniform_in_ball(x, eps, generator), eps, opts.steps))
+        parts.append(signed_gradient_ascent(disagreement, x, uniform_in_ball(x, eps, generator), eps, steps))
     return torch.cat(parts)
 
 
@@ -124,21 +107,23 @@ def nbc_agreement(model: nn.Sequential, x: torch.Tensor, x_n: torch.Tensor) -> t
     return per_layer, agree / max(count, 1)
 
 
-@dataclass
-class Regulariser:
+class Regulariser(Component):
     """A named penalty with a weight; ``loss`` returns the unweighted value.
 
     ``state``/``load_state`` carry what a regulariser keeps between steps (saved in checkpoints).
     """
 
-    name: str
-    weight: float
+    default_weight: ClassVar[float]
+
+    def __init__(self, settings: Mapping[str, Any] | None = None, weight: float | None = None):
+        super().__init__(settings)
+        self.weight = self.default_weight if weight is None else weight
 
     def active(self, batch: Batch) -> bool:
         """Whether the penalty is computed on this batch at all."""
         return True
 
-    def loss(self, model: nn.Sequential, batch: Batch, eps: float) -> torch.Tensor:
+    def loss(self, model: nn.Sequential, batch: Batch, s: ScheduleValues) -> torch.Tensor:
         raise NotImplementedError
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -149,26 +134,63 @@ class Regulariser:
             raise ValueError(f"regulariser {self.name} keeps no state, the checkpoint has {sorted(state)}")
 
 
-@dataclass
 class NBC(Regulariser):
-    nbc: NBCOptions = field(default_factory=NBCOptions)
-    # persistent neighbours: offsets u in [-1, 1]^d per training image, neighbour = clip(x + eps * u)
-    offsets: torch.Tensor | None = field(default=None, repr=False)
+    """neuron behaviour consistency (Liu et al. 2025):
+    L = sum_i lambda_i * mean_j -tanh(1 + c * z_ij(x) * z_ij(x'))
+    z = ReLU inputs of layer i; x' = neighbours in the eps-ball (and [0,1])
+    chosen by --nbc-neighbours: persistent (one adversarial neighbour per
+    training image, kept across epochs and moved one signed-gradient step
+    by each training step's own input gradient), uniform, adversarial
+    (signed-gradient steps maximising L from a uniform start) or both."""
+
+    name = "nbc"
+    default_weight = 15.0
+    options = (
+        TrainOption("neighbours", str, "persistent", "Kind of x' (above).", choices=NEIGHBOUR_KINDS),
+        TrainOption("samples", int, 1, "Uniform neighbours per input.", minimum=1),
+        TrainOption("steps", int, 3, "Steps of the adversarial neighbour.", minimum=0),
+        TrainOption("c", float, 1.0, "c in -tanh(1 + c z(x) z(x')).", minimum=0, strict=True),
+        TrainOption("layer_weights", tuple, None, "lNBC: one weight per ReLU layer, e.g. 1,0.5,0.25 "
+                    "(normalised to sum 1) [default: equal].", minimum=0),
+        TrainOption("every", int, 4, "NBC on every K-th batch only (its weight times K): a K-th of the cost.",
+                    minimum=1),
+    )
+
+    def __init__(self, settings: Mapping[str, Any] | None = None, weight: float | None = None):
+        super().__init__(settings, weight)
+        # persistent neighbours: offsets u in [-1, 1]^d per training image, neighbour = clip(x + eps * u)
+        self.offsets: torch.Tensor | None = None
+
+    @classmethod
+    def check_options(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().check_options(values)
+        if out["layer_weights"] is not None and sum(out["layer_weights"]) <= 0:
+            raise TrainConfigError("--nbc-layer-weights must be non-negative with a positive sum")
+        return out
+
+    @classmethod
+    def check_model(cls, settings: Mapping[str, Any], relu_layers: int) -> None:
+        weights = settings["layer_weights"]
+        if weights is not None and len(weights) != relu_layers:
+            raise TrainConfigError(f"--nbc-layer-weights has {len(weights)} values, "
+                                   f"the model has {relu_layers} ReLU layers")
 
     def active(self, batch: Batch) -> bool:
-        return batch.step % self.nbc.every == 0
+        return batch.step % self.settings["every"] == 0
 
-    def loss(self, model: nn.Sequential, batch: Batch, eps: float) -> torch.Tensor:
+    def loss(self, model: nn.Sequential, batch: Batch, s: ScheduleValues) -> torch.Tensor:
+        opts, eps = self.settings, s.target_eps
         z_x = batch.clean_preacts(model)
         if eps <= 0:
             return z_x[0].new_zeros(())
-        if self.nbc.neighbours == "persistent":
+        if opts["neighbours"] == "persistent":
             x_n = self._persistent_neighbours(batch, eps)
         else:
-            x_n = nbc_neighbours(model, batch.x, z_x, eps, self.nbc)
+            x_n = nbc_neighbours(model, batch.x, z_x, eps, opts["neighbours"], samples=opts["samples"],
+                                 steps=opts["steps"], c=opts["c"], layer_weights=opts["layer_weights"])
         _, z_n = forward_with_preacts(model, x_n)
-        weights = layer_weights(len(z_x), self.nbc.layer_weights)
-        return self.nbc.every * nbc_surrogate(z_x, z_n, self.nbc.c, weights)
+        weights = normalised_weights(len(z_x), opts["layer_weights"])
+        return opts["every"] * nbc_surrogate(z_x, z_n, opts["c"], weights)
 
     def _persistent_neighbours(self, batch: Batch, eps: float) -> torch.Tensor:
         """The images' stored neighbours; the backward pass moves each offset one step up its gradient."""
@@ -194,28 +216,30 @@ class NBC(Regulariser):
         self.offsets = state.get("offsets")
 
 
-@dataclass
 class RS(Regulariser):
-    def loss(self, model: nn.Sequential, batch: Batch, eps: float) -> torch.Tensor:
+    """ReLU stability (Xiao et al. 2019): mean over layers and neurons of
+    -tanh(1 + l*u), (l,u) = IBP bounds of the ReLU inputs over the eps-ball."""
+
+    name = "rs"
+    default_weight = 0.5
+
+    def loss(self, model: nn.Sequential, batch: Batch, s: ScheduleValues) -> torch.Tensor:
         from vfnn.bounds import compute_bounds
 
-        lower, upper = input_box(batch.x, eps)
+        lower, upper = input_box(batch.x, s.target_eps)
         pre = compute_bounds(model, lower, upper, None, method="ibp").pre_activation
         terms = [(-torch.tanh(1.0 + lo * up)).mean() for lo, up in pre]
         return torch.stack(terms).mean()
 
 
-@dataclass
 class L1(Regulariser):
-    def loss(self, model: nn.Sequential, batch: Batch, eps: float) -> torch.Tensor:
+    """sum of |w| over all weight matrices/kernels (not biases)."""
+
+    name = "l1"
+    default_weight = 1e-5
+
+    def loss(self, model: nn.Sequential, batch: Batch, s: ScheduleValues) -> torch.Tensor:
         return sum(m.weight.abs().sum() for m in model if isinstance(m, (nn.Linear, nn.Conv2d)))  # type: ignore[return-value]
 
 
-REGULARISERS: dict[str, type[Regulariser]] = {"nbc": NBC, "rs": RS, "l1": L1}
-
-
-def make_regulariser(name: str, weight: float, nbc_options: NBCOptions | None = None) -> Regulariser:
-    """Factory used by the trainer (``name`` already validated by the CLI parser)."""
-    if name == "nbc":
-        return NBC(name, weight, nbc=nbc_options or NBCOptions())
-    return REGULARISERS[name](name, weight)
+REGULARISERS: dict[str, type[Regulariser]] = {cls.name: cls for cls in (NBC, RS, L1)}

@@ -11,7 +11,7 @@ over ``reg_warmup`` epochs counted from the start of the run of consecutive phas
 from __future__ import annotations
 
 from vfnn.train.config import Phase, TrainConfig
-from vfnn.train.objectives import CERTIFIED, ScheduleValues
+from vfnn.train.objectives import OBJECTIVES, ScheduleValues
 
 
 def ramp(pos: float, start: float, length: float, v0: float, v1: float) -> float:
@@ -44,14 +44,15 @@ def values_at(cfg: TrainConfig, epoch: int, frac: float) -> ScheduleValues:
     """Schedule values at batch fraction ``frac`` in [0, 1) of global ``epoch``."""
     _, phase, first = phase_at(cfg, epoch)
     assert cfg.eps is not None
-    if phase.method not in CERTIFIED:
-        return ScheduleValues(eps=cfg.eps)
+    if not OBJECTIVES[phase.method].certified:
+        return ScheduleValues(eps=cfg.eps, target_eps=cfg.eps)
     pos = epoch - first + frac
     start, length = cfg.eps_warmup, rampup_length(cfg, phase)
     factor = ramp(pos, start, length, 0.0, 1.0)
     radii = tuple((r * factor, w) for r, w in zip(cfg.radii or (), cfg.radius_weights or (), strict=True))
     return ScheduleValues(
         eps=cfg.eps * factor,
+        target_eps=cfg.eps,
         kappa=ramp(pos, start, length, cfg.kappa_start, cfg.kappa_end_for(phase.method)),
         beta=ramp(pos, start, length, cfg.beta_start, cfg.beta_end),
         radii=radii,

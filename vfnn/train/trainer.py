@@ -32,12 +32,12 @@ from torch import nn
 
 from vfnn import __version__
 from vfnn.errors import ModelError
-from vfnn.train.config import TrainConfig, TrainConfigError
+from vfnn.train.config import TrainConfig, TrainConfigError, option_owners
 from vfnn.train.data import dataset_info, load_dataset
 from vfnn.train.evaluation import evaluate
-from vfnn.train.models import build_model, describe, from_description, load_model, save_model_pt
-from vfnn.train.objectives import Batch, ObjectiveOptions, make_objective
-from vfnn.train.regularisers import NBCOptions, make_regulariser
+from vfnn.train.models import build_model, load_model, model_from_state, model_state, save_model_pt
+from vfnn.train.objectives import OBJECTIVES, Batch
+from vfnn.train.regularisers import REGULARISERS
 from vfnn.train.schedules import phase_at, reg_weight, values_at
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from vfnn.train.objectives import Objective
     from vfnn.train.regularisers import Regulariser
 
-CHECKPOINT_FORMAT = "vfnn-checkpoint-1"
+CHECKPOINT_FORMAT = "vfnn-checkpoint-2"  # 1 stored a layer description
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "model.onnx", "summary.json")
 
 
@@ -142,8 +142,7 @@ class Trainer:
                 ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
                 if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
                     raise ModelError(f"{ckpt_path}: not a vfnn checkpoint")
-                self.model = from_description(ckpt["layers"])
-                self.model.load_state_dict(ckpt["model"])
+                self.model = model_from_state(ckpt["network"])
                 self.model.to(self.device)
                 self.optimizer = self._make_optimizer(self.model)
                 self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -174,13 +173,11 @@ class Trainer:
     def _check_model(self) -> None:
         """Options that depend on the model (before anything is written to the run directory)."""
         layers = len([m for m in self.model if isinstance(m, nn.ReLU)])
-        weights = self.cfg.nbc_layer_weights
-        if weights is not None and len(weights) != layers:
-            raise TrainConfigError(f"--nbc-layer-weights has {len(weights)} values, the model has {layers} ReLU layers")
+        for name, cls in option_owners().items():
+            cls.check_model(self.cfg.options[name], layers)
 
     def _save_checkpoint(self, epoch: int, metrics: list[dict], seconds: float) -> None:
-        payload = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "layers": describe(self.model),
-                   "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        payload = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "network": model_state(self.model, self.input_shape),
                    "optimizer": self.optimizer.state_dict(), "metrics": [json.dumps(m) for m in metrics],
                    "seconds": seconds, "torch_rng": torch.get_rng_state(),
                    "regularisers": {name: reg.state() for name, reg in self.regs.items()}}
@@ -196,10 +193,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self._load_data()
         start, metrics = self._prepare_dir()
-        self.nbc_options = NBCOptions(cfg.nbc_neighbours, cfg.nbc_samples, cfg.nbc_steps, cfg.nbc_c,
-                                      cfg.nbc_layer_weights, cfg.nbc_every)
-        options = ObjectiveOptions(cfg.pgd_steps, cfg.pgd_step_size, cfg.trades_beta, self.n_classes)
-        regs = {name: make_regulariser(name, cfg.weight(name), self.nbc_options)
+        regs = {name: REGULARISERS[name].from_table(cfg.options, weight=cfg.weight(name))
                 for phase in cfg.phases for name in phase.regs}
         for name, state in self.reg_states.items():
             regs[name].load_state({k: v.to(self.device) for k, v in state.items()})
@@ -208,12 +202,12 @@ class Trainer:
         end = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
         for epoch in range(start, end):
             _, phase, _ = phase_at(cfg, epoch)
-            objective = make_objective(phase.method, options)
+            objective = OBJECTIVES[phase.method].from_table(cfg.options)
             t0 = time.perf_counter()
             train_stats = self._train_epoch(epoch, objective, {r: regs[r] for r in phase.regs}, progress)
             t1 = time.perf_counter()
             ev = evaluate(self.model, self.x_eval, self.y_eval, float(cfg.eps), self.n_classes,
-                          pgd_steps=cfg.eval_pgd_steps, nbc_samples=cfg.eval_nbc_samples, nbc=self.nbc_options,
+                          pgd_steps=cfg.eval_pgd_steps, nbc_samples=cfg.eval_nbc_samples, nbc=cfg.options["nbc"],
                           seed=epoch_seed(cfg.seed, epoch) + 1)
             t2 = time.perf_counter()
             seconds += t2 - t0
@@ -249,7 +243,7 @@ class Trainer:
             for name, reg in regs.items():
                 w = weights[name]
                 if w > 0:
-                    value = reg.loss(model, batch, float(cfg.eps))
+                    value = reg.loss(model, batch, sched)
                     loss = loss + w * value
                     terms[name] = float(value.detach())
             self.optimizer.zero_grad(set_to_none=True)
