@@ -129,7 +129,8 @@ def test_schedules() -> None:
 
 
 def test_config_roundtrip() -> None:
-    cfg = TrainConfig(phases=[Phase("ce", ("nbc",), 3)], reg_weights={"nbc": 0.3}, nbc_layer_weights=(1.0, 2.0),
+    cfg = TrainConfig(phases=[Phase("ce", ("nbc",), 3)], reg_weights={"nbc": 0.3},
+                      options={"nbc": {"layer_weights": (1.0, 2.0)}},
                       radii=None).validate()
     again = TrainConfig.from_dict(cfg.to_dict())
     assert again == cfg
