@@ -29,7 +29,8 @@ from vfnn.train.trainer import Trainer
 
 METHODS = ("ce", "pgd", "trades", "ibp", "crown-ibp", "ce+nbc", "ce+rs")
 # NBC's cost at other settings than the default (persistent neighbours on every 4th batch), timed in the same rounds.
-NBC_VARIANTS = {"ce+nbc every 1": {"nbc_every": 1}, "ce+nbc both": {"nbc_neighbours": "both", "nbc_every": 1}}
+NBC_VARIANTS = {"ce+nbc every 1": {"options": {"nbc": {"every": 1}}},
+                "ce+nbc both": {"options": {"nbc": {"neighbours": "both", "every": 1}}}}
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
