@@ -1,7 +1,7 @@
 """Run campaign tasks on a Dask distributed cluster (``vfnn bench --dask ADDRESS``).
 
 The driver keeps the schedule and is the only writer of ``results.jsonl``; workers only run
-:func:`vfnn.campaign.execute.execute` and send the result dict back.  So a cluster behind
+:func:`vfnn.campaign.execute.execute` and send its Outcome back.  So a cluster behind
 dask-jobqueue (SLURM, PBS...) gives the same files as a local run, and resuming works the same.
 
 ``ADDRESS`` is a scheduler address (``tcp://host:8786``), a scheduler file (``*.json``, as

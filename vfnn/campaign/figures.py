@@ -21,6 +21,14 @@ def pyplot() -> Any:
     return plt
 
 
+def save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG and close the figure (pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 @figure("cactus")
 def cactus(records: Records, path: Path) -> Path:
     """Number of properties decided (sat or unsat) within t seconds, one step line per verifier."""
@@ -36,10 +44,7 @@ def cactus(records: Records, path: Path) -> Path:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
 
 
 @figure("verified_vs_eps")
@@ -65,10 +70,7 @@ def verified_vs_eps(records: Records, path: Path) -> Path | None:
     ax.set_title(f"Verified properties per {key}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
 
 
 @figure("unstable_per_layer")
@@ -102,8 +104,5 @@ def unstable_per_layer(records: Records, path: Path) -> Path | None:
         ax.set_ylabel("mean unstable neurons")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
 

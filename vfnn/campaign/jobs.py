@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from vfnn.campaign.instances import Instance
 from vfnn.errors import VfnnError
 
-DECISIVE = ("sat", "unsat")
-
 
 @dataclass(frozen=True)
 class Job:

@@ -169,16 +169,14 @@ def run_campaign(
     recorder = _Recorder(store)
     interrupted = False
     restore = _install_sigterm()
+    workers = None if dask else _local_workers(jobs, portfolio, len(verifiers), console)
     try:
-        if portfolio and not dask and (jobs or 1) < len(verifiers):
-            console.print(f"portfolio: {len(verifiers)} workers (one per verifier) instead of --jobs {jobs or 1}")
-            jobs = len(verifiers)
         if len(todo) < len(plan):
             console.print(f"resuming: {len(plan) - len(todo)} of {len(plan)} jobs already in {store.path}")
         with _ProgressView(console, show_progress, len(todo), recorder) as progress:
             runnable = _record_broken_rows(todo, recorder, progress.tick)
             if runnable:
-                _run_on_backend(make_backend(jobs, dask), runnable, options, recorder, progress.tick)
+                _run_on_backend(make_backend(workers or jobs, dask), runnable, options, recorder, progress.tick)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -187,7 +185,15 @@ def run_campaign(
     csv_files = write_vnncomp(out, plan, load_latest(store.path))
     return CampaignSummary(len(plan), len(plan) - len(todo), recorder.ran, dict(recorder.counts),
                            time.perf_counter() - t_start, recorder.solve_time, store.path, csv_files, interrupted,
-                           None if dask else (jobs or 1))
+                           workers)
+
+
+def _local_workers(jobs: int | None, portfolio: bool, n_verifiers: int, console: Console) -> int:
+    """Worker processes: ``--jobs`` (default 1), raised to one per verifier for a portfolio."""
+    if portfolio and (jobs or 1) < n_verifiers:
+        console.print(f"portfolio: {n_verifiers} workers (one per verifier) instead of --jobs {jobs or 1}")
+        return n_verifiers
+    return jobs or 1
 
 
 def _check_arguments(rerun: tuple[str, ...], jobs: int | None) -> None:

@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vfnn.campaign.figures import pyplot
+from vfnn.campaign.figures import pyplot, save
 from vfnn.campaign.store import CampaignRecord
 from vfnn.study.config import Study
 
@@ -68,10 +68,7 @@ def _save(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, pat
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
 
 
 def _cactus(plt: Any, groups: dict[tuple, list[CampaignRecord]], title: str, path: Path) -> Path:
@@ -102,7 +99,4 @@ def _unstable_layers(plt: Any, rows: list[dict[str, Any]], title: str, path: Pat
     axes[0][0].set_ylabel("unstable neurons (CROWN)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Unstable neurons per layer: {title}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
