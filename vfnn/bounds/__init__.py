@@ -31,6 +31,8 @@ from torch import nn
 
 from vfnn.bounds.plan import Plan, make_plan
 from vfnn.bounds.propagate import alpha_crown, alpha_group_size, crown_intermediate, crown_output, ibp
+from vfnn.errors import ModelError
+from vfnn.layers import ReLU
 
 Method = Literal["ibp", "crown-ibp", "crown", "alpha-crown"]
 METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "alpha-crown")
@@ -95,6 +97,8 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
     upper = upper.to(lower.dtype)
     plan = make_plan(model, tuple(lower.shape[1:]))
+    if method == "alpha-crown" and any(a.kind is not ReLU for a in plan.activations):
+        raise ModelError("alpha-crown optimises ReLU slopes only; bound this network with crown")
     C = _spec_matrix(C, lower.shape[0], lower)
     if method == "ibp":
         pre, (lo, hi) = ibp(plan, lower, upper, C)

@@ -70,10 +70,10 @@ def ibp(plan: Plan, lower: torch.Tensor, upper: torch.Tensor,
 # -- backward (CROWN) -------------------------------------------------------------------------------
 def _relu_backward(A: torch.Tensor, bias: torch.Tensor, rx: Relaxation,
                    alpha: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace ReLU outputs by their linear bounds, choosing by the sign of each coefficient.
+    """Replace activation outputs by their linear bounds, choosing by the sign of each coefficient.
 
     ``alpha`` (B, 2, m, *shape), if given, replaces the lower slope of unstable neurons
-    (index 0 for the lower-bound rows, 1 for the upper-bound rows)."""
+    (index 0 for the lower-bound rows, 1 for the upper-bound rows); ReLU relaxations only."""
     nd = rx.upper_d.dim() - 1
     ud, ub = rx.upper_d.unsqueeze(1), rx.upper_b.unsqueeze(1)
     if alpha is None:
@@ -87,6 +87,10 @@ def _relu_backward(A: torch.Tensor, bias: torch.Tensor, rx: Relaxation,
     new_u = u_pos * ud + (uA - u_pos) * ld_u
     add_l = (l_neg * ub).flatten(-nd).sum(-1)
     add_u = (u_pos * ub).flatten(-nd).sum(-1)
+    if rx.lower_b is not None:  # lower lines with an intercept (not ReLU's)
+        lb = rx.lower_b.unsqueeze(1)
+        add_l = add_l + ((lA - l_neg) * lb).flatten(-nd).sum(-1)
+        add_u = add_u + ((uA - u_pos) * lb).flatten(-nd).sum(-1)
     return torch.stack((new_l, new_u), 1), bias + torch.stack((add_l, add_u), 1)
 
 

@@ -121,9 +121,10 @@ class Layer(ABC):
 
     # -- ONNX -------------------------------------------------------------------------------------
     @classmethod
-    @abstractmethod
     def from_onnx(cls, imp: Importer, node: onnx.NodeProto) -> None:
-        """Import ``node`` (one of :attr:`onnx_ops`), pushing layers onto the importer."""
+        """Import ``node`` (one of :attr:`onnx_ops`), pushing layers onto the importer.  Kinds
+        that export as other operators (ParamRamp) own none and keep this default."""
+        raise imp.fail(node, f"{cls.__name__} imports no ONNX operator")
 
     @abstractmethod
     def to_onnx(self, index: int, x: str, y: str) -> OnnxPart:

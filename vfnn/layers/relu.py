@@ -21,13 +21,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class Relaxation:
-    """CROWN's linear bounds of one ReLU layer: ``ld*x <= relu(x) <= ud*x + ub`` (each (B, *shape))."""
+    """CROWN's linear bounds of one activation layer: ``ld*x + lb <= f(x) <= ud*x + ub`` (each
+    (B, *shape)).  ``lower_b`` is None for ReLU (its lower lines pass through 0), which is also
+    what alpha-CROWN's slope optimisation requires."""
 
     lower_d: torch.Tensor
     upper_d: torch.Tensor
     upper_b: torch.Tensor
     active: torch.Tensor  # l >= 0
     unstable: torch.Tensor  # not active and u > 0
+    lower_b: torch.Tensor | None = None
 
     @staticmethod
     def of(lower: torch.Tensor, upper: torch.Tensor) -> Relaxation:
@@ -67,29 +70,7 @@ class ReLU(ActivationLayer):
 
     def encode_milp(self, enc: Encoding, v: np.ndarray, shape: Shape, bounds: tuple[np.ndarray, np.ndarray]
                     ) -> np.ndarray:
-        """Tjeng et al.'s big-M encoding for the unstable neurons; stable ones need no variable."""
-        lo, hi = bounds
-        out = np.where(lo >= 0, v, -1)  # active: identity; inactive: constant 0 (-1)
-        out[v < 0] = -1
-        unstable = np.nonzero((lo < 0) & (hi > 0) & (v >= 0))[0]
-        n = len(unstable)
-        if n:
-            a = enc.var(n, 0.0, hi[unstable])
-            d = enc.var(n, 0.0, 1.0, integer=True)
-            zi, lb, ub = v[unstable], lo[unstable], hi[unstable]
-            r = np.arange(n)
-            # a - z >= 0
-            enc.rows(np.concatenate([a, zi]), np.concatenate([np.ones(n), -np.ones(n)]),
-                     np.concatenate([r, r]), n, 0.0, np.inf)
-            # a - z - l d <= -l
-            enc.rows(np.concatenate([a, zi, d]), np.concatenate([np.ones(n), -np.ones(n), -lb]),
-                     np.concatenate([r, r, r]), n, -np.inf, -lb)
-            # a - u d <= 0
-            enc.rows(np.concatenate([a, d]), np.concatenate([np.ones(n), -ub]), np.concatenate([r, r]),
-                     n, -np.inf, 0.0)
-            out[unstable] = a
-            enc.n_binaries += n
-        return out
+        return relu_milp(enc, v, *bounds)
 
     def to_onnx(self, index: int, x: str, y: str) -> OnnxPart:
         return [helper.make_node("Relu", [x], [y])], []
@@ -97,3 +78,29 @@ class ReLU(ActivationLayer):
     @classmethod
     def from_onnx(cls, imp: Importer, node: onnx.NodeProto) -> None:
         imp.push(cls(), node)
+
+
+def relu_milp(enc: Encoding, v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """relu(v) for MILP variables ``v`` with bounds [lo, hi]: Tjeng et al.'s big-M encoding for the
+    unstable neurons (one binary each); stable ones need no variable (-1 is the constant 0)."""
+    out = np.where(lo >= 0, v, -1)  # active: identity; inactive: constant 0 (-1)
+    out[v < 0] = -1
+    unstable = np.nonzero((lo < 0) & (hi > 0) & (v >= 0))[0]
+    n = len(unstable)
+    if n:
+        a = enc.var(n, 0.0, hi[unstable])
+        d = enc.var(n, 0.0, 1.0, integer=True)
+        zi, lb, ub = v[unstable], lo[unstable], hi[unstable]
+        r = np.arange(n)
+        # a - z >= 0
+        enc.rows(np.concatenate([a, zi]), np.concatenate([np.ones(n), -np.ones(n)]),
+                 np.concatenate([r, r]), n, 0.0, np.inf)
+        # a - z - l d <= -l
+        enc.rows(np.concatenate([a, zi, d]), np.concatenate([np.ones(n), -np.ones(n), -lb]),
+                 np.concatenate([r, r, r]), n, -np.inf, -lb)
+        # a - u d <= 0
+        enc.rows(np.concatenate([a, d]), np.concatenate([np.ones(n), -ub]), np.concatenate([r, r]),
+                 n, -np.inf, 0.0)
+        out[unstable] = a
+        enc.n_binaries += n
+    return out
