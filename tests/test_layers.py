@@ -163,6 +163,11 @@ def test_activation_relaxation_bounds_the_activation(layer: ActivationLayer, sha
     hi = lo + torch.as_tensor(rng.uniform(0, 2, (4, *shape)))
     r = kind.relax(m, lo, hi)
     ilo, ihi = kind.interval(m, lo, hi)
+    # a neuron is stable exactly where its two lines coincide (the activation is linear on the box)
+    stable = ~kind.unstable(m, lo, hi)
+    lower_b = torch.zeros_like(lo) if r.lower_b is None else r.lower_b
+    assert torch.allclose(r.lower_d[stable], r.upper_d[stable]) and torch.allclose(lower_b[stable], r.upper_b[stable])
+    assert stable.any() and (~stable).any()
     for t in np.linspace(0, 1, 11):
         z = lo + (hi - lo) * t
         y = m(z)

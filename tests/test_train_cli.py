@@ -60,6 +60,9 @@ def test_progress_output_when_not_quiet(tmp_path: Path, capsys: pytest.CaptureFi
     (["--nbc-layer-weights", "1,2,3,4,5"], "--nbc-layer-weights has 5 values"),
     (["--init", "missing.onnx"], "missing.onnx: no such file"),
     (["--dataset", "mnist", "--no-download"], "downloads are disabled"),
+    (["--activation", "paramramp", "--init", "m.onnx"], "--activation and --init exclude each other"),
+    (["--activation", "paramramp", "--epochs", "2", "--ramp-warmup", "2"], "--ramp-warmup 2"),
+    (["--activation", "paramramp", "--ramp-slope", "1"], "--ramp-slope 1.0"),
 ])
 def test_errors_are_one_clear_line(args: list[str], message: str, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:

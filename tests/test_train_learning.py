@@ -148,3 +148,24 @@ def test_init_from_onnx_fine_tunes(tmp_path: Path) -> None:
     assert tuned["clean_acc"] > 0.85 > scratch["clean_acc"]
     cfg = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert cfg["init"].endswith("model.onnx")
+
+
+@pytest.mark.parametrize("phase", [Phase("ce", ("nbc",), 3), Phase("crown-ibp", (), 3)], ids=["ce+nbc", "crown-ibp"])
+def test_paramramp_trains_exports_as_relus_and_resumes(tmp_path: Path, phase: Phase) -> None:
+    import onnx
+
+    from vfnn.layers import ParamRampModule
+
+    phases = [phase]
+    kw = {"activation": "paramramp", "ramp_slope": 0.01, "ramp_warmup": 1, "arch": "fc:24x2", "eps": 0.05}
+    full = train(tmp_path, "full", phases, **kw)["final"]
+    assert full["clean_acc"] > 0.5
+    model, _ = load_model(tmp_path / "full" / "model.pt")
+    ramps = [m for m in model if isinstance(m, ParamRampModule)]
+    assert len(ramps) == 2 and all(torch.isfinite(m.bend).all() and (m.bend >= 0).all() for m in ramps)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "full" / "model.onnx")).graph.node}
+    assert ops <= {"Gemm", "Relu", "Flatten", "Conv"}  # a plain ReLU graph for external verifiers
+    # resuming across the warm-up boundary (bends set after epoch 1) gives the same run
+    train(tmp_path, "resumed", phases, stop_after=1, **kw)
+    train(tmp_path, "resumed", phases, resume=True, **kw)
+    assert without_time(metrics(tmp_path / "resumed")) == without_time(metrics(tmp_path / "full"))

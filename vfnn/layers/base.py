@@ -219,5 +219,10 @@ class ActivationLayer(Layer):
     def interval(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The exact interval of the output (the activation is monotone)."""
 
+    @classmethod
+    @abstractmethod
+    def unstable(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Which neurons are unstable over pre-activation bounds [lo, hi]: a kink lies strictly inside."""
+
     def output_shape(self, shape: Shape) -> Shape:
         return shape

@@ -120,6 +120,11 @@ class ParamRamp(ActivationLayer):
         stable = dead_left | dead_right | (~left & ~right)
         return Relaxation(lower_d, upper_d, upper_b, stable, ~stable, lower_b)
 
+    @classmethod
+    def unstable(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        r = m.bend.to(lo.dtype).clamp(min=0)
+        return ((lo < 0) & (hi > 0)) | ((lo < r) & (hi > r))
+
     # -- MILP: eta*z + (1 - eta)*(relu(z) - relu(z - r)), one binary per kink the bounds cross
     def encode_milp(self, enc: Encoding, v: np.ndarray, shape: Shape, bounds: tuple[np.ndarray, np.ndarray]
                     ) -> np.ndarray:

@@ -68,6 +68,10 @@ class ReLU(ActivationLayer):
     def interval(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return lo.clamp(min=0), hi.clamp(min=0)
 
+    @classmethod
+    def unstable(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        return (lo < 0) & (hi > 0)
+
     def encode_milp(self, enc: Encoding, v: np.ndarray, shape: Shape, bounds: tuple[np.ndarray, np.ndarray]
                     ) -> np.ndarray:
         return relu_milp(enc, v, *bounds)

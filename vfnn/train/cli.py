@@ -94,6 +94,7 @@ def component_values(kw: dict) -> dict[str, dict[str, Any]]:
 
 def _params() -> list[click.Parameter]:
     from vfnn.train.data import DATASETS
+    from vfnn.train.models import ACTIVATIONS
     from vfnn.train.objectives import OBJECTIVES
     from vfnn.train.regularisers import REGULARISERS
 
@@ -111,6 +112,12 @@ def _params() -> list[click.Parameter]:
             help="Hold out the last N training images and compute the metrics on them instead of test images."),
         opt(["--arch"], default="fc:100x3", show_default=True,
             help="fc:WIDTHxDEPTH, fc:W1,W2,.., cnn:small, cnn:medium."),
+        opt(["--activation"], type=click.Choice(list(ACTIVATIONS)), default="relu", show_default=True,
+            help="paramramp: Lyu et al.'s ReLU with a trainable second bend per neuron (exported as ReLUs)."),
+        opt(["--ramp-slope"], type=float, default=0.01, show_default=True,
+            help="ParamRamp's leaky slope eta."),
+        opt(["--ramp-warmup"], type=int, default=1, show_default=True,
+            help="Epochs of LeakyReLU before each bend is set to its neuron's mean activation."),
         opt(["--init", "init"], type=click.Path(dir_okay=False),
             help="Start from a model: our model.pt or an ONNX file (fine-tuning)."),
         opt(["--method"], default="ce", show_default=True, type=click.Choice(list(OBJECTIVES))),
@@ -265,6 +272,7 @@ def config_from_options(kw: dict):
     cfg = TrainConfig(
         dataset=str(kw["dataset"]), data_dir=kw["data_dir"], download=bool(kw["download"]),
         train_size=kw["train_size"], eval_size=int(kw["eval_size"]), arch=arch, init=kw["init"],
+        activation=str(kw["activation"]), ramp_slope=float(kw["ramp_slope"]), ramp_warmup=int(kw["ramp_warmup"]),
         phases=phases, reg_weights=reg_weights, eps=kw["eps"], batch_size=int(kw["batch_size"]), lr=float(kw["lr"]),
         optimizer=str(kw["optimizer"]), weight_decay=float(kw["weight_decay"]), grad_clip=float(kw["grad_clip"]),
         options=component_values(kw), eps_warmup=float(kw["eps_warmup"]),

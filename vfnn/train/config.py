@@ -17,7 +17,7 @@ from typing import Any
 
 from vfnn.train.components import Component, TrainConfigError, declaring_classes, option_flag
 from vfnn.train.data import dataset_info
-from vfnn.train.models import Arch
+from vfnn.train.models import ACTIVATIONS, Arch
 from vfnn.train.objectives import OBJECTIVES
 from vfnn.train.regularisers import REGULARISERS
 
@@ -100,6 +100,9 @@ class TrainConfig:
     eval_size: int = 1000
     val_size: int = 0
     arch: str = "fc:100x3"
+    activation: str = "relu"
+    ramp_slope: float = 0.01
+    ramp_warmup: int = 1
     init: str | None = None
     phases: list[Phase] = field(default_factory=lambda: [Phase("ce", (), 10)])
     reg_weights: dict[str, float] = field(default_factory=dict)
@@ -141,6 +144,16 @@ class TrainConfig:
         info = dataset_info(self.dataset)
         if self.init is None:
             Arch.parse(self.arch)
+        if self.activation not in ACTIVATIONS:
+            raise TrainConfigError(f"--activation {self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
+        if self.activation == "paramramp":
+            if self.init is not None:
+                raise TrainConfigError("--activation and --init exclude each other: the --init model has its own")
+            if not 0 <= self.ramp_slope < 1:
+                raise TrainConfigError(f"--ramp-slope {self.ramp_slope}: the leaky slope must be in [0, 1)")
+            if not 0 <= self.ramp_warmup < self.epochs:
+                raise TrainConfigError(f"--ramp-warmup {self.ramp_warmup}: must leave at least one of the "
+                                       f"{self.epochs} epochs after the LeakyReLU warm-up")
         if self.radii is not None:
             r, w = self.radii, self.radius_weights
             if any(v <= 0 for v in r) or any(b <= a for a, b in zip(r, r[1:], strict=False)):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vfnn.layers import ACTIVATION_MODULES, kind_of_module
 from vfnn.train.attacks import pgd
 from vfnn.train.models import forward_with_preacts, relu_layer_sizes
 from vfnn.train.objectives import input_box, margin_matrix
@@ -43,6 +44,7 @@ def evaluate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float,
     n = len(y)
     clean = pgd_ok = ibp_ok = crown_ok = 0
     unstable = [0.0] * len(sizes)
+    activations = [m for m in model if isinstance(m, ACTIVATION_MODULES)]
     agree_u = [0.0] * len(sizes)
     agree_a = [0.0] * len(sizes)
     overall_u = overall_a = 0.0
@@ -66,8 +68,8 @@ def evaluate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float,
                 res = compute_bounds(model, lower[sl], upper[sl], margin_matrix(yb[sl], n_classes),
                                      method=UNSTABLE_METHOD)
                 crown_ok += int((_verified(res.lower, yb[sl]) & ok[sl]).sum())
-                for i, (lo, up) in enumerate(res.pre_activation):
-                    unstable[i] += float(((lo < 0) & (up > 0)).flatten(1).sum())
+                for i, ((lo, up), act) in enumerate(zip(res.pre_activation, activations, strict=True)):
+                    unstable[i] += float(kind_of_module(act).unstable(act, lo, up).flatten(1).sum())
             x_uni = nbc_neighbours(model, xb, z_x, eps, "uniform", samples=nbc_samples, generator=gen)
         for acc, overall_name, xn in ((agree_u, "u", x_uni), (agree_a, "a", x_nbc)):
             per_layer, overall = nbc_agreement(model, xb, xn)

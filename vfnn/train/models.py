@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vfnn.errors import ModelError
-from vfnn.layers import ACTIVATION_MODULES
+from vfnn.layers import ACTIVATION_MODULES, ParamRampModule
 from vfnn.network import ElementwiseAffineModule, Network
 
 MODEL_FORMAT = "vfnn-model-2"  # 1 stored a layer description and a state_dict
@@ -76,9 +76,41 @@ def normalisation_module(mean: list[float], std: list[float], input_shape: tuple
     return ElementwiseAffineModule(scale, shift)
 
 
+ACTIVATIONS = ("relu", "paramramp")
+
+
+def activation_module(activation: str, shape: tuple[int, ...], ramp_slope: float = 0.0) -> nn.Module:
+    """A ReLU, or a ParamRamp whose bends start at +inf: LeakyReLU(eta), the paper's warm-up form,
+    until :func:`set_ramp_bends` gives each neuron its mean activation."""
+    if activation == "relu":
+        return nn.ReLU()
+    if activation == "paramramp":
+        return ParamRampModule(torch.full(shape, float("inf")), ramp_slope)
+    raise ModelError(f"unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
+
+
+@torch.no_grad()
+def set_ramp_bends(model: nn.Sequential, x: torch.Tensor, batch: int = 1024) -> int:
+    """Set every ParamRamp bend to the neuron's mean activation over ``x`` (Lyu et al.'s
+    initialisation at the end of the warm-up).  Returns the number of ParamRamp layers."""
+    ramps = [m for m in model if isinstance(m, ParamRampModule)]
+    sums: list[torch.Tensor] = [torch.zeros_like(m.bend) for m in ramps]
+    for s in range(0, len(x), batch):
+        _, pre = forward_with_preacts(model, x[s: s + batch])
+        for i, (m, z) in enumerate(zip(ramps, pre, strict=True)):
+            sums[i] += m(z).sum(0)
+    for m, total in zip(ramps, sums, strict=True):
+        m.bend.copy_((total / max(len(x), 1)).clamp(min=0))
+    return len(ramps)
+
+
 def build_model(arch: str | Arch, input_shape: tuple[int, ...], n_classes: int,
-                mean: list[float], std: list[float]) -> nn.Sequential:
-    """A freshly initialised model (torch's default init; seed torch first for reproducibility)."""
+                mean: list[float], std: list[float], activation: str = "relu",
+                ramp_slope: float = 0.0) -> nn.Sequential:
+    """A freshly initialised model (torch's default init; seed torch first for reproducibility).
+
+    ``activation`` "paramramp" puts a :class:`~vfnn.layers.ParamRampModule` with leaky slope
+    ``ramp_slope`` where a ReLU would be (Lyu et al. 2021)."""
     a = Arch.parse(arch) if isinstance(arch, str) else arch
     mods: list[nn.Module] = [normalisation_module(mean, std, input_shape)]
     if a.kind == "fc":
@@ -92,12 +124,13 @@ def build_model(arch: str | Arch, input_shape: tuple[int, ...], n_classes: int,
             h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
             if h < 1 or w < 1:
                 raise ModelError(f"CNN layers do not fit {tuple(input_shape)} inputs (use an fc architecture)")
-            mods += [nn.Conv2d(c, out, k, stride=stride, padding=pad), nn.ReLU()]
+            mods += [nn.Conv2d(c, out, k, stride=stride, padding=pad),
+                     activation_module(activation, (out, h, w), ramp_slope)]
             c = out
         mods.append(nn.Flatten())
         width = c * h * w
     for hidden in a.hidden:
-        mods += [nn.Linear(width, hidden), nn.ReLU()]
+        mods += [nn.Linear(width, hidden), activation_module(activation, (hidden,), ramp_slope)]
         width = hidden
     mods.append(nn.Linear(width, n_classes))
     return nn.Sequential(*mods)

@@ -35,7 +35,7 @@ from vfnn.errors import ModelError
 from vfnn.train.config import TrainConfig, TrainConfigError, option_owners
 from vfnn.train.data import dataset_info, load_dataset
 from vfnn.train.evaluation import evaluate
-from vfnn.train.models import build_model, load_model, model_from_state, model_state, save_model_pt
+from vfnn.train.models import build_model, load_model, model_from_state, model_state, save_model_pt, set_ramp_bends
 from vfnn.train.objectives import OBJECTIVES, Batch
 from vfnn.train.regularisers import REGULARISERS
 from vfnn.train.schedules import phase_at, reg_weight, values_at
@@ -114,7 +114,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.init is None:
             torch.manual_seed(cfg.seed)
-            return build_model(cfg.arch, self.input_shape, self.n_classes, self.mean, self.std)
+            return build_model(cfg.arch, self.input_shape, self.n_classes, self.mean, self.std, cfg.activation,
+                               cfg.ramp_slope)
         model, meta = load_model(cfg.init)
         shape, n_out = tuple(meta["input_shape"]), int(meta["n_classes"])
         if n_out != self.n_classes:
@@ -201,6 +202,8 @@ class Trainer:
         seconds = self.seconds_before
         end = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
         for epoch in range(start, end):
+            if cfg.activation == "paramramp" and epoch == cfg.ramp_warmup:
+                set_ramp_bends(self.model, self.x_train)  # end of the LeakyReLU warm-up (Lyu et al.)
             _, phase, _ = phase_at(cfg, epoch)
             objective = OBJECTIVES[phase.method].from_table(cfg.options)
             t0 = time.perf_counter()
