@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
+from vfnn.network import AvgPool2d, Conv2d, Dense, Flatten, Network, ReLU
 from vfnn.spec import robustness_spec
 from vfnn.verifiers import get_verifier
-from vfnn.verifiers.milp import _linear_map
 
 
 def random_net(rng: np.random.Generator, n_in: int, hidden: list[int], n_out: int) -> Network:
@@ -20,23 +19,6 @@ def random_net(rng: np.random.Generator, n_in: int, hidden: list[int], n_out: in
                          rng.normal(0, 0.1, h).astype(np.float32)), ReLU()]
         prev = h
     return Network((n_in,), tuple(layers[:-1]), "rand")
-
-
-@pytest.mark.parametrize("layer, shape", [
-    (Conv2d(np.random.default_rng(0).normal(size=(3, 2, 3, 3)).astype(np.float32), np.arange(3, dtype=np.float32),
-            (2, 1), (1, 1, 1, 1)), (2, 6, 5)),
-    (Conv2d(np.random.default_rng(1).normal(size=(2, 1, 2, 2)).astype(np.float32), np.ones(2, np.float32)),
-     (1, 4, 4)),
-    (AvgPool2d((2, 2), (2, 2)), (2, 4, 6)),
-    (ElementwiseAffine(np.full((2, 3, 3), 2.0, np.float32), np.ones((2, 3, 3), np.float32)), (2, 3, 3)),
-])
-def test_linear_maps_match_torch(layer: object, shape: tuple[int, ...]) -> None:
-    net = Network(shape, (layer, Flatten()))
-    x = np.random.default_rng(2).normal(size=shape)
-    rows, cols, vals, bias, out_shape = _linear_map(layer, shape)
-    M = np.zeros((int(np.prod(out_shape)), x.size))
-    np.add.at(M, (rows, cols), vals)
-    assert np.allclose(M @ x.reshape(-1) + bias, net.forward(x[None])[0], atol=1e-5)
 
 
 def test_conv_network_robustness_is_decided_and_sat_replays() -> None:

@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
-from vfnn.spec import Halfspaces, Spec, SpecCase
-from vfnn.verifiers.base import Availability, Option, Problem, RawOutcome, UnsupportedProblem, Verifier
+from vfnn.layers import ActivationLayer
+from vfnn.network import Network
+from vfnn.spec import Halfspaces, SpecCase
+from vfnn.verifiers.attack import AttackConfig, Replayer, centre_search, find_counterexample
+from vfnn.verifiers.base import Availability, Option, Problem, RawOutcome, Verifier
 
 CUTOFF = 1e-6  # objective_bound: a node whose margin bound exceeds this cannot hold a counterexample
 BOUND_SLACK = 1e-5  # widen float32 bounds so rounding never cuts off a reachable point
@@ -39,10 +41,11 @@ class MilpVerifier(Verifier):
         Option("threads", int, 1, "HiGHS threads"),
         Option("bounds", str, "crown", "per-neuron bound method", ("ibp", "crown", "alpha-crown")),
         Option("attack_steps", int, 50, "PGD steps per restart (0: no attack)"),
-        Option("attack_restarts", int, 16, "PGD random restarts (run as one batch)"),
+        Option("attack_restarts", int, 0, "restarts per batch (0: sized from the input dimension and step cost)"),
         Option("attack_fraction", float, 0.1, "share of the time budget the attack may use"),
-        Option("attack_rounds", int, 4, "batches of restarts (each from new random points)"),
-        Option("attack_time", float, 0.25, "at most this many seconds of attack"),
+        Option("attack_rounds", int, 0, "batches of restarts (0: until the attack's time is up)"),
+        Option("attack_time", float, 0.5, "at most this many seconds of attack"),
+        Option("attack_guided", bool, True, "also start the attack from bound-guided sub-boxes and corners"),
         Option("branching", str, "smear", "input to split: smear (|gradient| x width at the centre) or sb (bound "
                "both halves along every input, keep the best; ~10x dearer per box)", ("smear", "sb")),
         Option("batch", int, 256, "input boxes bounded together in one batch"),
@@ -70,14 +73,16 @@ class MilpVerifier(Verifier):
             return RawOutcome(status, None if x is None else x.tolist(),  # type: ignore[arg-type]
                               tool_time=time.monotonic() - start, tool_stats=stats, message=message)
 
+        replayer = Replayer(problem.onnx_path, spec)
         if options["attack_steps"] > 0:
             budget = min(options["attack_fraction"] * problem.time_left(), options["attack_time"])
-            x = pgd_attack(net, spec, options["attack_steps"], options["attack_restarts"], start + budget,
-                           options["attack_rounds"])
-            stats["attack_time"] = round(time.monotonic() - start, 4)
-            if x is not None:
+            found = find_counterexample(net, spec, start + budget, replayer, AttackConfig(
+                options["attack_steps"], options["attack_restarts"], options["attack_rounds"],
+                options["attack_guided"], options["seed"]))
+            stats.update(found.stats())
+            if found.x is not None:
                 stats["found_by"] = "attack"
-                return done("sat", x)
+                return done("sat", found.x)
         model = net.to_torch().double()
         undecided: list[tuple[int, int, str]] = []
         for ci, case in enumerate(spec.cases):
@@ -94,7 +99,7 @@ class MilpVerifier(Verifier):
                 del queue[-options["batch"]:]
                 stats["boxes"] += len(batch)
                 lows, highs = np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch])
-                x, smear = _centre_search(model, net, lows, highs, case)
+                x, smear = centre_search(model, net, lows, highs, case, ci, replayer)
                 if x is not None:
                     stats["found_by"] = "box centre"
                     return done("sat", x)
@@ -153,22 +158,6 @@ def box_bounds(model: Any, net: Network, lows: np.ndarray, highs: np.ndarray, C:
     return pre, b.lower.reshape(B, -1).numpy() - BOUND_SLACK
 
 
-def _centre_search(model: Any, net: Network, lows: np.ndarray, highs: np.ndarray, case: SpecCase
-                   ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Check the box centres (a free counterexample search) and return the split scores:
-    |d margin / d x_j| * width_j at the centre (the "smear" heuristic of input-splitting BaB)."""
-    import torch
-
-    mid = torch.as_tensor((lows + highs) / 2).requires_grad_(True)
-    y = model(mid.reshape(len(mid), *net.input_shape)).reshape(len(mid), -1)
-    margins = torch.stack([_margin(y, h) for h in case.unsafe], 1)
-    hit = torch.nonzero(margins.min(dim=1).values <= 0)
-    if hit.numel():
-        return mid[int(hit[0, 0])].detach().numpy().copy(), np.zeros(0)
-    (g,) = torch.autograd.grad(margins.sum(), mid)
-    return None, g.abs().numpy() * (highs - lows) + 1e-12 * (highs - lows)
-
-
 def _sb_scores(model: Any, net: Network, batch: list, C: np.ndarray, rows: np.ndarray, case: SpecCase,
                method: str) -> np.ndarray:
     """Split scores by trial: bound both halves of every box along every input (one batch) and
@@ -199,58 +188,6 @@ def _bisect(lo: np.ndarray, hi: np.ndarray, score: np.ndarray) -> list[tuple[np.
     return [(lo, hi1), (lo2, hi)]
 
 
-def _margin(y: Any, disjunct: Halfspaces) -> Any:
-    """max_i (A_i y - b_i) for a batch of outputs (torch); <= 0 means unsafe."""
-    import torch
-
-    A = torch.as_tensor(disjunct.A, dtype=y.dtype)
-    b = torch.as_tensor(disjunct.b, dtype=y.dtype)
-    return (y @ A.T - b).max(dim=1).values
-
-
-def pgd_attack(net: Network, spec: Spec, steps: int, restarts: int, deadline: float, rounds: int = 1
-               ) -> np.ndarray | None:
-    """Signed-gradient descent on the disjunct margin from random points of each box (float64),
-    ``rounds`` batches of ``restarts`` starts until ``deadline``; returns a flat input whose
-    float64 output is unsafe, or None."""
-    model = net.to_torch().double()
-    for k in range(max(1, rounds)):
-        if k and time.monotonic() >= deadline:
-            break
-        x = _pgd_round(model, net, spec, steps, restarts, deadline)
-        if x is not None:
-            return x
-    return None
-
-
-def _pgd_round(model: Any, net: Network, spec: Spec, steps: int, restarts: int, deadline: float) -> np.ndarray | None:
-    import torch
-
-    for case in spec.cases:
-        lo = torch.as_tensor(case.lower, dtype=torch.float64)
-        hi = torch.as_tensor(case.upper, dtype=torch.float64)
-        step = (hi - lo) / 8
-        for disjunct in case.unsafe:
-            x = lo + (hi - lo) * torch.rand(restarts, lo.numel(), dtype=torch.float64)
-            x[0] = (lo + hi) / 2
-            for k in range(steps + 1):
-                x.requires_grad_(True)
-                y = model(x.reshape(restarts, *net.input_shape)).reshape(restarts, -1)
-                m = _margin(y, disjunct)
-                hit = torch.nonzero(m <= 0)
-                if hit.numel():
-                    return x[hit[0, 0]].detach().numpy().copy()
-                if k == steps or time.monotonic() > deadline:
-                    break
-                (g,) = torch.autograd.grad(m.sum(), x)
-                with torch.no_grad():
-                    decay = 1.0 - k / steps
-                    x = torch.clamp(x - step * decay * g.sign(), lo, hi)
-            if time.monotonic() > deadline:
-                return None
-    return None
-
-
 class Encoding:
     """The MILP constraints of one network over one input box (shared by the box's disjuncts),
     from per-ReLU-layer pre-activation bounds (flat arrays, already widened)."""
@@ -261,7 +198,7 @@ class Encoding:
         self._build()
 
     # -- model building --------------------------------------------------------------------------
-    def _var(self, n: int, lo: np.ndarray | float, hi: np.ndarray | float, integer: bool = False) -> np.ndarray:
+    def var(self, n: int, lo: np.ndarray | float, hi: np.ndarray | float, integer: bool = False) -> np.ndarray:
         idx = np.arange(self.n_cols, self.n_cols + n)
         self.col_lo.append(np.broadcast_to(np.asarray(lo, np.float64), (n,)))
         self.col_hi.append(np.broadcast_to(np.asarray(hi, np.float64), (n,)))
@@ -269,77 +206,45 @@ class Encoding:
         self.n_cols += n
         return idx
 
-    def _rows(self, cols: np.ndarray, vals: np.ndarray, row_of: np.ndarray, n: int,
+    def rows(self, cols: np.ndarray, vals: np.ndarray, row_of: np.ndarray, n: int,
               lo: np.ndarray | float, hi: np.ndarray | float) -> None:
         self.coo.append((row_of + self.n_rows, cols, vals))
         self.row_lo.append(np.broadcast_to(np.asarray(lo, np.float64), (n,)))
         self.row_hi.append(np.broadcast_to(np.asarray(hi, np.float64), (n,)))
         self.n_rows += n
 
-    def _linear(self, src: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+    def linear(self, src: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
                 bias: np.ndarray, n_out: int, lo: np.ndarray | float = -np.inf,
                 hi: np.ndarray | float = np.inf) -> np.ndarray:
         """New variables z = M v + bias, where M is (rows, cols, vals) over the vector ``src``
         (entries of ``src`` equal to -1 are the constant 0 and drop out)."""
         keep = src[cols] >= 0
         rows, cols, vals = rows[keep], src[cols[keep]], vals[keep]
-        z = self._var(n_out, lo, hi)
+        z = self.var(n_out, lo, hi)
         # z - M v = bias
-        self._rows(np.concatenate([z, cols]), np.concatenate([np.ones(n_out), -vals]),
+        self.rows(np.concatenate([z, cols]), np.concatenate([np.ones(n_out), -vals]),
                    np.concatenate([np.arange(n_out), rows]), n_out, bias, bias)
         return z
 
     def _build(self) -> None:
         self.n_cols = self.n_rows = 0
         self.col_lo, self.col_hi, self.integer, self.coo, self.row_lo, self.row_hi = [], [], [], [], [], []
-        shape = tuple(self.net.input_shape)
-        v = self._var(int(np.prod(shape)), self.lower, self.upper)
+        self.n_binaries = 0
+        v = self.var(self.net.input_size, self.lower, self.upper)
         self.inputs = v
-        relu_i, self.n_binaries = 0, 0
-        layers = self.net.layers
-        for k, layer in enumerate(layers):
-            feeds_relu = k + 1 < len(layers) and isinstance(layers[k + 1], ReLU)
-            lo, hi = (-np.inf, np.inf)
-            if feeds_relu:
-                lo, hi = self.pre[relu_i]
-            if isinstance(layer, (Dense, Conv2d, AvgPool2d, ElementwiseAffine)):
-                rows, cols, vals, bias, shape = _linear_map(layer, shape)
-                v = self._linear(v, rows, cols, vals, bias, len(bias), lo, hi)
-            elif isinstance(layer, Flatten):
-                shape = (int(np.prod(shape)),)
-            elif isinstance(layer, ReLU):
-                v = self._relu(v, *self.pre[relu_i])
-                relu_i += 1
-            else:  # pragma: no cover - Network only has the kinds above
-                raise UnsupportedProblem(f"layer {layer!r} has no MILP encoding")
+        layers, act_i, free = self.net.layers, 0, (np.array(-np.inf), np.array(np.inf))
+        for k, (layer, shape) in enumerate(zip(layers, self.net.input_shapes(), strict=True)):
+            if isinstance(layer, ActivationLayer):
+                v = layer.encode_milp(self, v, shape, self.pre[act_i])
+                act_i += 1
+                continue
+            feeds_act = k + 1 < len(layers) and isinstance(layers[k + 1], ActivationLayer)
+            v = layer.encode_milp(self, v, shape, self.pre[act_i] if feeds_act else free)
         if (v < 0).any():  # an output fixed to 0 by an inactive ReLU: give it a variable
             zero = np.nonzero(v < 0)[0]
             v = v.copy()
-            v[zero] = self._var(len(zero), 0.0, 0.0)
+            v[zero] = self.var(len(zero), 0.0, 0.0)
         self.outputs = v
-
-    def _relu(self, z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        out = np.where(lo >= 0, z, -1)  # active: identity; inactive: constant 0 (-1)
-        out[z < 0] = -1
-        unstable = np.nonzero((lo < 0) & (hi > 0) & (z >= 0))[0]
-        n = len(unstable)
-        if n:
-            a = self._var(n, 0.0, hi[unstable])
-            d = self._var(n, 0.0, 1.0, integer=True)
-            zi, lb, ub = z[unstable], lo[unstable], hi[unstable]
-            r = np.arange(n)
-            # a - z >= 0
-            self._rows(np.concatenate([a, zi]), np.concatenate([np.ones(n), -np.ones(n)]),
-                       np.concatenate([r, r]), n, 0.0, np.inf)
-            # a - z - l d <= -l
-            self._rows(np.concatenate([a, zi, d]), np.concatenate([np.ones(n), -np.ones(n), -lb]),
-                       np.concatenate([r, r, r]), n, -np.inf, -lb)
-            # a - u d <= 0
-            self._rows(np.concatenate([a, d]), np.concatenate([np.ones(n), -ub]), np.concatenate([r, r]),
-                       n, -np.inf, 0.0)
-            out[unstable] = a
-            self.n_binaries += n
-        return out
 
     # -- solving ---------------------------------------------------------------------------------
     def solve(self, disjunct: Halfspaces, time_limit: float, threads: int, early_stop: bool
@@ -409,44 +314,3 @@ class Encoding:
         if ms == S.kTimeLimit:
             return "timeout", None, nodes
         return f"HiGHS {h.modelStatusToString(ms)}", None, nodes
-
-
-def _linear_map(layer: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                                tuple[int, ...]]:
-    """A linear layer as sparse triples (rows, cols, vals), its bias and output shape (C order)."""
-    if isinstance(layer, Dense):
-        W = layer.weight.astype(np.float64)
-        r, c = np.nonzero(W)
-        return r, c, W[r, c], layer.bias.astype(np.float64), (W.shape[0],)
-    if isinstance(layer, ElementwiseAffine):
-        n = int(np.prod(shape))
-        idx = np.arange(n)
-        return idx, idx, layer.scale.astype(np.float64).reshape(-1), layer.shift.astype(np.float64).reshape(-1), shape
-    if isinstance(layer, AvgPool2d):
-        C, H, W = shape
-        kh, kw = layer.kernel
-        sh, sw = layer.stride
-        oh, ow = (H - kh) // sh + 1, (W - kw) // sw + 1
-        o, i, j, di, dj = np.meshgrid(np.arange(C), np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw),
-                                      indexing="ij")
-        rows = ((o * oh + i) * ow + j).reshape(-1)
-        cols = ((o * H + i * sh + di) * W + j * sw + dj).reshape(-1)
-        vals = np.full(rows.size, 1.0 / (kh * kw))
-        return rows, cols, vals, np.zeros(C * oh * ow), (C, oh, ow)
-    if isinstance(layer, Conv2d):
-        C, H, W = shape
-        n_out, _, kh, kw = layer.weight.shape
-        sh, sw = layer.stride
-        pt, pl, pb, pr = layer.padding
-        oh, ow = (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
-        o, i, j, c, di, dj = np.meshgrid(np.arange(n_out), np.arange(oh), np.arange(ow), np.arange(C), np.arange(kh),
-                                         np.arange(kw), indexing="ij")
-        y, x = i * sh + di - pt, j * sw + dj - pl
-        ok = (y >= 0) & (y < H) & (x >= 0) & (x < W)
-        w = layer.weight.astype(np.float64)[o, c, di, dj]
-        ok &= w != 0
-        rows = ((o * oh + i) * ow + j)[ok]
-        cols = ((c * H + y) * W + x)[ok]
-        bias = np.repeat(layer.bias.astype(np.float64), oh * ow)
-        return rows, cols, w[ok], bias, (n_out, oh, ow)
-    raise UnsupportedProblem(f"layer {layer!r} has no linear map")
