@@ -5,8 +5,9 @@
 
 Neurons right of ``r`` are stable again, so training can push neurons into a stable region on
 either side.  ONNX has no such operator and external verifiers read ReLU graphs only, so the
-export is the exact identity ``relu(z) - eta*relu(-z) - (1 - eta)*relu(z - r)`` as a 1x1
-expansion, a Relu and a 1x1 combination (Gemm for flat inputs, Conv for images).
+export is the exact identity ``relu(z) - eta*relu(-z) - (1 - eta)*relu(z - r)`` (without the
+``relu(-z)`` term when eta = 0) as a 1x1 expansion, a Relu and a 1x1 combination (Gemm for flat
+inputs, Conv for images).
 """
 
 from __future__ import annotations
@@ -145,12 +146,16 @@ class ParamRamp(ActivationLayer):
     def to_onnx(self, index: int, x: str, y: str) -> OnnxPart:
         n_ch = self.bend.shape[0] if self.bend.ndim == 3 else self.bend.size
         eye = np.eye(n_ch, dtype=np.float32)
-        expand = np.concatenate([eye, -eye, eye])  # z -> (z, -z, z - r)
-        combine = np.concatenate([eye, -self.slope * eye, -(1 - self.slope) * eye], 1).astype(np.float32)
+        # z -> (z, -z, z - r); with eta = 0 the -z part has weight 0 and is left out (2 ReLUs, not 3)
+        parts = [1.0, -1.0, 1.0] if self.slope else [1.0, 1.0]
+        weights = [1.0, -self.slope, self.slope - 1.0] if self.slope else [1.0, -1.0]
+        expand = np.concatenate([p * eye for p in parts])
+        combine = np.concatenate([w * eye for w in weights], 1).astype(np.float32)
+        k = len(parts)
         names = (f"E{index}", f"EB{index}", f"K{index}", f"KB{index}")
         zero = np.zeros(n_ch, np.float32)
         if self.bend.ndim == 3:  # per-pixel bends: the shift is a broadcast Add after a 1x1 Conv
-            shift = np.concatenate([np.zeros_like(self.bend), np.zeros_like(self.bend), -self.bend])[None]
+            shift = np.concatenate([np.zeros_like(self.bend)] * (k - 1) + [-self.bend])[None]
             inits = [numpy_helper.from_array(expand[:, :, None, None], names[0]),
                      numpy_helper.from_array(shift.astype(np.float32), names[1]),
                      numpy_helper.from_array(combine[:, :, None, None], names[2]),
@@ -160,7 +165,7 @@ class ParamRamp(ActivationLayer):
                      helper.make_node("Relu", [y + "_shift"], [y + "_relu"]),
                      helper.make_node("Conv", [y + "_relu", names[2], names[3]], [y], kernel_shape=[1, 1])]
             return nodes, inits
-        bias = np.concatenate([zero, zero, -self.bend.reshape(-1)]).astype(np.float32)
+        bias = np.concatenate([zero] * (k - 1) + [-self.bend.reshape(-1)]).astype(np.float32)
         inits = [numpy_helper.from_array(expand, names[0]), numpy_helper.from_array(bias, names[1]),
                  numpy_helper.from_array(combine, names[2]), numpy_helper.from_array(zero, names[3])]
         nodes = [helper.make_node("Gemm", [x, names[0], names[1]], [y + "_expand"], transB=1),
