@@ -15,7 +15,7 @@ import torch
 from onnx import helper
 
 from vfnn.errors import ModelError
-from vfnn.layers import KINDS, ONNX_OPS, ActivationLayer, AffineLayer, Layer, ParamRamp, layer_from_state
+from vfnn.layers import KINDS, ONNX_OPS, ActivationLayer, AffineLayer, BatchNorm, Layer, ParamRamp, layer_from_state
 from vfnn.network import AvgPool2d, Conv2d, Dense, ElementwiseAffine, Flatten, Network, ReLU
 from vfnn.onnx_io import network_from_onnx, network_to_onnx
 from vfnn.verifiers.marabou import marabou_network
@@ -36,6 +36,8 @@ SAMPLES: dict[type[Layer], list[tuple[Layer, tuple[int, ...]]]] = {
                         (ElementwiseAffine(np.broadcast_to(_f(2, 1, 1) + 2, (2, 3, 3)).copy(),
                                            np.broadcast_to(_f(2, 1, 1), (2, 3, 3)).copy()), (2, 3, 3)),
                         (ElementwiseAffine(_f(5) + 2, _f(5)), (5,))],
+    BatchNorm: [(BatchNorm(_f(5) + 1, _f(5), _f(5), rng.uniform(0.2, 2, 5).astype(np.float32)), (5,)),
+                (BatchNorm(_f(3) - 1, _f(3), _f(3), rng.uniform(0.2, 2, 3).astype(np.float32), 1e-3, True), (3, 4, 2))],
     AvgPool2d: [(AvgPool2d((2, 2), (2, 2)), (2, 4, 6)), (AvgPool2d((3, 2), (1, 2)), (1, 5, 5))],
     Flatten: [(Flatten(), (2, 3, 4))],
     ReLU: [(ReLU(), (7,)), (ReLU(), (2, 3, 3))],

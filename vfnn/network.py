@@ -122,7 +122,8 @@ class Network:
 
     def simplified(self) -> Network:
         """Fold every ElementwiseAffine into a neighbouring linear layer where that is exact."""
-        return Network(self.input_shape, _fold_affines(list(self.layers)), self.name)
+        layers = [layer.for_folding(shape) for layer, shape in zip(self.layers, self.input_shapes(), strict=True)]
+        return Network(self.input_shape, _fold_affines(layers), self.name)
 
     def to_state(self) -> dict[str, Any]:
         """Plain data that ``torch.load(weights_only=True)`` reads (the model.pt form)."""

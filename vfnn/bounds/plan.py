@@ -98,8 +98,8 @@ def make_plan(model: nn.Module, input_shape: Shape) -> Plan:
                 pre_shapes.append(shape)
                 chains.append([])
                 continue
-            try:
-                x = m(x)
+            try:  # the bound map, not forward(): batch-norm in training mode would use and update batch statistics
+                x = kind.center(m, x)
             except RuntimeError as e:
                 raise ModelError(f"module {i} ({type(m).__name__}) rejects input shape {shape}: {e}") from None
             out = tuple(x.shape[1:])

@@ -14,13 +14,14 @@ from vfnn.errors import ModelError
 from vfnn.layers.affine import ElementwiseAffine, ElementwiseAffineModule
 from vfnn.layers.avgpool import AvgPool2d
 from vfnn.layers.base import ActivationLayer, AffineLayer, Layer, Shape, pair, per_channel_values
+from vfnn.layers.batchnorm import BatchNorm
 from vfnn.layers.conv import Conv2d
 from vfnn.layers.dense import Dense
 from vfnn.layers.flatten import Flatten
 from vfnn.layers.paramramp import ParamRamp, ParamRampModule
 from vfnn.layers.relu import Relaxation, ReLU
 
-KINDS: tuple[type[Layer], ...] = (Dense, Conv2d, ElementwiseAffine, AvgPool2d, Flatten, ReLU, ParamRamp)
+KINDS: tuple[type[Layer], ...] = (Dense, Conv2d, ElementwiseAffine, BatchNorm, AvgPool2d, Flatten, ReLU, ParamRamp)
 # Modules that compute nothing at inference and are dropped when reading a torch model.
 SKIPPED_MODULES: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout)
 TORCH_MODULES: tuple[type[nn.Module], ...] = tuple(t for k in KINDS for t in k.module_types)
@@ -32,9 +33,9 @@ _BY_NAME: dict[str, type[Layer]] = {k.kind: k for k in KINDS}
 
 __all__ = [
     "ACTIVATION_MODULES", "KINDS", "ONNX_OPS", "SKIPPED_MODULES", "TORCH_MODULES", "ActivationLayer", "AffineLayer",
-    "AvgPool2d", "Conv2d", "Dense", "ElementwiseAffine", "ElementwiseAffineModule", "Flatten", "Layer", "ParamRamp",
-    "ParamRampModule", "ReLU", "Relaxation", "Shape", "kind_of_module", "layer_from_state", "leaf_modules", "pair",
-    "per_channel_values",
+    "AvgPool2d", "BatchNorm", "Conv2d", "Dense", "ElementwiseAffine", "ElementwiseAffineModule", "Flatten", "Layer",
+    "ParamRamp", "ParamRampModule", "ReLU", "Relaxation", "Shape", "kind_of_module", "layer_from_state", "leaf_modules",
+    "pair", "per_channel_values",
 ]
 
 

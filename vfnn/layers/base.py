@@ -104,6 +104,11 @@ class Layer(ABC):
         """The ElementwiseAffine ``aff`` followed by this layer as one layer, or None when not exact."""
         return None
 
+    def for_folding(self, shape: Shape) -> Layer:
+        """The layer as :meth:`Network.simplified` folds it, for input ``shape`` (default: itself;
+        batch-norm becomes its eval-mode ElementwiseAffine)."""
+        return self
+
     # -- torch ----------------------------------------------------------------------------------
     @abstractmethod
     def to_module(self) -> nn.Module:
