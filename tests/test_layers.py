@@ -238,3 +238,23 @@ def test_paramramp_milp_agrees_with_the_exported_relu_graph() -> None:
         a = get_verifier("milp").verify(net, spec, 60)
         b = get_verifier("milp").verify(relu_net, spec, 60)
         assert a.status == b.status and a.status in ("sat", "unsat"), (eps, a.status, b.status, a.message)
+
+
+def test_batch_norm_folds_into_the_layer_before_it() -> None:
+    """simplified() (and so every export) turns batch-norm into the eval-mode affine and folds it
+    into the preceding Conv2d / Dense: the same function with no batch-norm left."""
+    g = np.random.default_rng(3)
+
+    def bn(c: int, spatial: bool) -> BatchNorm:
+        return BatchNorm(g.uniform(0.5, 2, c).astype(np.float32), _f(c), _f(c), g.uniform(0.2, 2, c).astype(np.float32),
+                         1e-5, spatial)
+
+    net = Network((2, 5, 5), (Conv2d(_f(3, 2, 2, 2), _f(3)), bn(3, True), ReLU(), Flatten(),
+                              Dense(_f(4, 48), _f(4)), bn(4, False), ReLU(), Dense(_f(2, 4), _f(2))))
+    flat = net.simplified()
+    assert [type(layer) for layer in flat.layers] == [Conv2d, ReLU, Flatten, Dense, ReLU, Dense]
+    x = _x((2, 5, 5), 4)
+    assert np.allclose(flat.forward(x), net.forward(x), atol=1e-5)
+    model = net.to_torch()
+    assert all(not m.training for m in model if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d))
+    assert np.allclose(Network.from_torch(model.train(), (2, 5, 5)).forward(x), net.forward(x), atol=1e-5)

@@ -103,6 +103,7 @@ class TrainConfig:
     activation: str = "relu"
     ramp_slope: float = 0.01
     ramp_warmup: int = 1
+    batch_norm: bool = False
     init: str | None = None
     phases: list[Phase] = field(default_factory=lambda: [Phase("ce", (), 10)])
     reg_weights: dict[str, float] = field(default_factory=dict)
@@ -146,6 +147,8 @@ class TrainConfig:
             Arch.parse(self.arch)
         if self.activation not in ACTIVATIONS:
             raise TrainConfigError(f"--activation {self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
+        if self.batch_norm and self.init is not None:
+            raise TrainConfigError("--batch-norm and --init exclude each other: the --init model has its own layers")
         if self.activation == "paramramp":
             if self.init is not None:
                 raise TrainConfigError("--activation and --init exclude each other: the --init model has its own")

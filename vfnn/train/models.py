@@ -2,7 +2,8 @@
 
 Every model is a plain ``nn.Sequential`` of the modules :class:`vfnn.network.Network` knows
 (``ElementwiseAffineModule`` for the input normalisation, ``Linear``, ``Conv2d``, ``ReLU``,
-``Flatten``), so the bounds, the ONNX export and the verifiers see exactly what was trained.
+``Flatten``, optionally ``BatchNorm1d``/``BatchNorm2d``), so the bounds, the ONNX export and the
+verifiers see exactly what was trained.
 
 Architecture strings:
 
@@ -106,11 +107,13 @@ def set_ramp_bends(model: nn.Sequential, x: torch.Tensor, batch: int = 1024) -> 
 
 def build_model(arch: str | Arch, input_shape: tuple[int, ...], n_classes: int,
                 mean: list[float], std: list[float], activation: str = "relu",
-                ramp_slope: float = 0.0) -> nn.Sequential:
+                ramp_slope: float = 0.0, batch_norm: bool = False) -> nn.Sequential:
     """A freshly initialised model (torch's default init; seed torch first for reproducibility).
 
     ``activation`` "paramramp" puts a :class:`~vfnn.layers.ParamRampModule` with leaky slope
-    ``ramp_slope`` where a ReLU would be (Lyu et al. 2021)."""
+    ``ramp_slope`` where a ReLU would be (Lyu et al. 2021).  ``batch_norm`` puts a BatchNorm2d /
+    BatchNorm1d between every hidden conv / fc layer and its activation (Li et al. 2023's NRS loss
+    and pruning read its gains); the export folds it into that layer."""
     a = Arch.parse(arch) if isinstance(arch, str) else arch
     mods: list[nn.Module] = [normalisation_module(mean, std, input_shape)]
     if a.kind == "fc":
@@ -124,13 +127,14 @@ def build_model(arch: str | Arch, input_shape: tuple[int, ...], n_classes: int,
             h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
             if h < 1 or w < 1:
                 raise ModelError(f"CNN layers do not fit {tuple(input_shape)} inputs (use an fc architecture)")
-            mods += [nn.Conv2d(c, out, k, stride=stride, padding=pad),
+            mods += [nn.Conv2d(c, out, k, stride=stride, padding=pad), *([nn.BatchNorm2d(out)] if batch_norm else []),
                      activation_module(activation, (out, h, w), ramp_slope)]
             c = out
         mods.append(nn.Flatten())
         width = c * h * w
     for hidden in a.hidden:
-        mods += [nn.Linear(width, hidden), activation_module(activation, (hidden,), ramp_slope)]
+        mods += [nn.Linear(width, hidden), *([nn.BatchNorm1d(hidden)] if batch_norm else []),
+                 activation_module(activation, (hidden,), ramp_slope)]
         width = hidden
     mods.append(nn.Linear(width, n_classes))
     return nn.Sequential(*mods)

@@ -1,4 +1,4 @@
-"""Regularisers added to the base objective: NBC, RS (ReLU stability) and L1.
+"""Regularisers added to the base objective: NBC, RS (ReLU stability), NRS (normalised RS) and L1.
 
 NBC -- neuron behaviour consistency (Liu et al., AAAI 2025), as implemented here
 (docs/training.md explains every choice):
@@ -18,8 +18,10 @@ neighbour per training image, kept across epochs and moved one signed-gradient s
 image is seen, with the input gradient that the training step computes anyway -- the "free"
 adversarial examples of Shafahi et al. 2019 and Zheng et al. 2020, applied to NBC).
 
-RS (Xiao et al. 2019):  L_RS = mean_i mean_j [ -tanh(1 + l_ij * u_ij) ] with (l, u) the IBP bounds
-of the pre-activations over B(x, eps).  L1: sum of |w| over Linear/Conv weights (not biases).
+RS (Xiao et al. 2019):  L_RS = mean_i mean_j [ -tanh(1 + l_ij * u_ij) ] with (l, u) the IBP (or CROWN)
+bounds of the pre-activations over B(x, eps).  NRS (Li et al. 2023): the same with l*u divided by
+gamma_c^2 + eps0 for a neuron right after batch-norm channel c (gamma detached), exactly as the
+paper's code.  L1: sum of |w| over Linear/Conv weights (not biases).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from vfnn.layers import ACTIVATION_MODULES, BatchNorm, leaf_modules
 from vfnn.train.attacks import signed_gradient_ascent, uniform_in_ball
 from vfnn.train.components import Component, TrainConfigError, TrainOption
 from vfnn.train.models import forward_with_preacts
@@ -218,18 +221,57 @@ class NBC(Regulariser):
 
 class RS(Regulariser):
     """ReLU stability (Xiao et al. 2019): mean over layers and neurons of
-    -tanh(1 + l*u), (l,u) = IBP bounds of the ReLU inputs over the eps-ball."""
+    -tanh(1 + l*u), (l,u) = bounds of the ReLU inputs over the eps-ball
+    (--rs-bounds: ibp, which is also what CROWN-IBP computes for them, or
+    the tighter and dearer crown)."""
 
     name = "rs"
     default_weight = 0.5
+    options = (TrainOption("bounds", str, "ibp", "Bounds of the activation inputs (also nrs's).",
+                           choices=("ibp", "crown")),)
 
-    def loss(self, model: nn.Sequential, batch: Batch, s: ScheduleValues) -> torch.Tensor:
+    def neuron_terms(self, model: nn.Sequential, x: torch.Tensor, eps: float) -> list[torch.Tensor]:
+        """-tanh(1 + l*u / d) per neuron of each activation layer, (B, *layer shape) each; d = 1 for RS."""
         from vfnn.bounds import compute_bounds
 
-        lower, upper = input_box(batch.x, s.target_eps)
-        pre = compute_bounds(model, lower, upper, None, method="ibp").pre_activation
-        terms = [(-torch.tanh(1.0 + lo * up)).mean() for lo, up in pre]
-        return torch.stack(terms).mean()
+        lower, upper = input_box(x, eps)
+        pre = compute_bounds(model, lower, upper, None, method=self.settings["bounds"]).pre_activation
+        return [-torch.tanh(1.0 + lo * up / d) for (lo, up), d in zip(pre, self.divisors(model), strict=True)]
+
+    def divisors(self, model: nn.Sequential) -> list[float | torch.Tensor]:
+        """What divides l*u in each activation layer (1: plain RS)."""
+        return [1.0] * len(batchnorm_gains(model))
+
+    def loss(self, model: nn.Sequential, batch: Batch, s: ScheduleValues) -> torch.Tensor:
+        return torch.stack([t.mean() for t in self.neuron_terms(model, batch.x, s.target_eps)]).mean()
+
+
+def batchnorm_gains(model: nn.Sequential) -> list[torch.Tensor | None]:
+    """Per activation layer, the gamma of the batch-norm right before it (shaped to broadcast over
+    the layer's neurons, detached), or None where no batch-norm precedes it."""
+    gains: list[torch.Tensor | None] = []
+    prev: nn.Module | None = None
+    for m in leaf_modules(model):
+        if isinstance(m, ACTIVATION_MODULES):
+            bn = prev if isinstance(prev, BatchNorm.module_types) and prev.weight is not None else None
+            gains.append(None if bn is None else
+                         bn.weight.detach().reshape(-1, *([1, 1] if isinstance(bn, nn.BatchNorm2d) else [])))
+        prev = m
+    return gains
+
+
+class NRS(RS):
+    """normalised ReLU stability (Li et al. 2023): RS with l*u divided by
+    gamma^2 + eps0, gamma = the (detached) gain of the batch-norm channel
+    right before the ReLU; plain RS where none precedes it."""
+
+    name = "nrs"
+    default_weight = 0.5
+    options = (TrainOption("eps0", float, 1e-8, "eps0 in -tanh(1 + l*u / (gamma^2 + eps0)).", minimum=0,
+                           strict=True),)
+
+    def divisors(self, model: nn.Sequential) -> list[float | torch.Tensor]:
+        return [1.0 if g is None else g ** 2 + self.settings["eps0"] for g in batchnorm_gains(model)]
 
 
 class L1(Regulariser):
@@ -242,4 +284,4 @@ class L1(Regulariser):
         return sum(m.weight.abs().sum() for m in model if isinstance(m, (nn.Linear, nn.Conv2d)))  # type: ignore[return-value]
 
 
-REGULARISERS: dict[str, type[Regulariser]] = {cls.name: cls for cls in (NBC, RS, L1)}
+REGULARISERS: dict[str, type[Regulariser]] = {cls.name: cls for cls in (NBC, RS, NRS, L1)}

@@ -32,6 +32,7 @@ from torch import nn
 
 from vfnn import __version__
 from vfnn.errors import ModelError
+from vfnn.layers import BatchNorm
 from vfnn.train.config import TrainConfig, TrainConfigError, option_owners
 from vfnn.train.data import dataset_info, load_dataset
 from vfnn.train.evaluation import evaluate
@@ -115,7 +116,7 @@ class Trainer:
         if cfg.init is None:
             torch.manual_seed(cfg.seed)
             return build_model(cfg.arch, self.input_shape, self.n_classes, self.mean, self.std, cfg.activation,
-                               cfg.ramp_slope)
+                               cfg.ramp_slope, cfg.batch_norm)
         model, meta = load_model(cfg.init)
         shape, n_out = tuple(meta["input_shape"]), int(meta["n_classes"])
         if n_out != self.n_classes:
@@ -173,6 +174,10 @@ class Trainer:
 
     def _check_model(self) -> None:
         """Options that depend on the model (before anything is written to the run directory)."""
+        if len(self.y_train) % self.cfg.batch_size == 1 and any(
+                isinstance(m, BatchNorm.module_types) for m in self.model.modules()):
+            raise TrainConfigError(f"--batch-size {self.cfg.batch_size} leaves a last batch of one image, "
+                                   "which batch-norm cannot normalise; change --batch-size or --train-size")
         layers = len([m for m in self.model if isinstance(m, nn.ReLU)])
         for name, cls in option_owners().items():
             cls.check_model(self.cfg.options[name], layers)
