@@ -48,24 +48,28 @@ def test_select_removes_round_rate_n_lowest_and_keeps_a_unit_per_layer() -> None
 
 
 def test_pruned_network_is_smaller_and_computes_the_zeroed_function() -> None:
-    """Removing units equals zeroing what they feed forward (ReLU, batch-norm); conv channels reach
-    the Dense after the Flatten as whole blocks of columns.  The ONNX export is smaller and
-    onnxruntime computes the pruned network."""
-    net = Network((2, 5, 5), (Conv2d(_f(4, 2, 2, 2), _f(4)), _bn(4, True), ReLU(), Flatten(),
-                              Dense(_f(5, 64), _f(5)), _bn(5, False), ReLU(), Dense(_f(3, 5), _f(3))))
-    keep = [np.array([0, 2, 3]), np.array([1, 4])]
+    """Removing units equals zeroing what they feed forward (ReLU, batch-norm): input channels of
+    the next conv, whole blocks of columns of the Dense after the Flatten, columns of a Dense.  The
+    ONNX export is smaller and onnxruntime computes the pruned network."""
+    net = Network((2, 6, 6), (Conv2d(_f(4, 2, 2, 2), _f(4)), _bn(4, True), ReLU(),
+                              Conv2d(_f(3, 4, 2, 2), _f(3)), ReLU(), Flatten(),
+                              Dense(_f(5, 48), _f(5)), _bn(5, False), ReLU(), Dense(_f(3, 5), _f(3))))
+    keep = [np.array([0, 2, 3]), np.array([0, 2]), np.array([1, 4])]
     pruned = prune_network(net, keep)
-    zeroed_w = net.layers[4].weight.reshape(5, 4, 16).copy()
-    zeroed_w[:, 1] = 0
-    last = net.layers[7].weight.copy()
-    last[:, [0, 2, 3]] = 0
     layers = list(net.layers)
-    layers[4] = Dense(zeroed_w.reshape(5, 64), net.layers[4].bias)
-    layers[7] = Dense(last, net.layers[7].bias)
+    conv = net.layers[3].weight.copy()
+    conv[:, 1] = 0
+    layers[3] = Conv2d(conv, net.layers[3].bias)
+    dense = net.layers[6].weight.reshape(5, 3, 16).copy()
+    dense[:, 1] = 0
+    layers[6] = Dense(dense.reshape(5, 48), net.layers[6].bias)
+    last = net.layers[9].weight.copy()
+    last[:, [0, 2, 3]] = 0
+    layers[9] = Dense(last, net.layers[9].bias)
     zeroed = Network(net.input_shape, tuple(layers))
-    x = rng.uniform(-1, 1, (6, 2, 5, 5))
+    x = rng.uniform(-1, 1, (6, 2, 6, 6))
     assert np.allclose(pruned.forward(x), zeroed.forward(x), atol=1e-5)
-    assert pruned.relu_count == 3 * 16 + 2
+    assert pruned.relu_count == 3 * 25 + 2 * 16 + 2
     full, small = network_to_onnx(net.simplified()), network_to_onnx(pruned.simplified())
     assert _params(small) < _params(full)
     sess = ort.InferenceSession(small.SerializeToString(), providers=["CPUExecutionProvider"])
