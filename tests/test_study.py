@@ -105,6 +105,21 @@ def test_edited_recipe_is_not_reused(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and "was trained with phases=" in err
 
 
+def test_run_from_an_older_vfnn_without_newer_options_is_reused(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    path = write(tmp_path, TINY.replace("epochs = 4", "epochs = 1"))
+    out = tmp_path / "o"
+    assert run_cli(["study", str(path), "--out", str(out), "--phase", "train", "-q"], capsys)[0] == 0
+    for cfg_path in out.glob("runs/**/config.json"):  # as written before --activation existed
+        cfg = json.loads(cfg_path.read_text())
+        del cfg["activation"], cfg["ramp_slope"], cfg["ramp_warmup"]
+        cfg_path.write_text(json.dumps(cfg))
+    code, _, err = run_cli(["study", str(path), "--out", str(out), "--phase", "train", "-q"], capsys)
+    assert code == 0, err
+
+
 def _study(path: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "vfnn", "study", str(path), "--out", str(out), "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)

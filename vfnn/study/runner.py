@@ -141,9 +141,16 @@ def _check_unchanged(run: ModelRun, wanted: dict) -> None:
     """A run directory started with other options than the study now gives is an error, never reused or
     silently replaced: its verification results would describe another model."""
     try:
-        have = json.loads((run.run_dir / "config.json").read_text())
+        raw = json.loads((run.run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return  # not started (or killed before config.json was complete)
+    from vfnn.errors import VfnnError
+    from vfnn.train.config import TrainConfig
+
+    try:  # read as this version would write it: options added since then take their defaults
+        have = json.loads(json.dumps(TrainConfig.from_dict(raw).to_dict()))
+    except (VfnnError, KeyError, TypeError, ValueError):
+        have = raw
     wanted = json.loads(json.dumps(wanted))
     for key, value in wanted.items():
         if key not in IGNORED_KEYS and have.get(key) != value:
