@@ -1,10 +1,11 @@
-"""Speed and peak memory of vfnn.bounds: boxes/second for IBP, CROWN and alpha-CROWN.
+"""Speed and peak memory of vfnn.bounds: boxes/second for IBP, CROWN, LBP, CROWN-LBP and alpha-CROWN.
 
-Run: ``python benchmarks/bounds.py [--threads N] [--quick]``.  Networks have random weights
-scaled like trained ones (1/sqrt(fan-in)); boxes are L-inf balls of radius 0.02 around random
-points, so a realistic share of neurons is unstable.  Each measurement runs in a fresh process;
-"peak MiB" is that process's peak resident memory minus its resident memory before the first
-bound computation (Linux), which covers torch's CPU allocations.
+Run: ``python benchmarks/bounds.py [--threads N] [--quick] [--methods crown,lbp,...] [--batches 1,100]``.
+"x IBP" is the method's time over IBP's on the same network and batch, measured in the same run.
+Networks have random weights scaled like trained ones (1/sqrt(fan-in)); boxes are L-inf balls
+of radius 0.02 around random points, so a realistic share of neurons is unstable.  Each
+measurement runs in a fresh process; "peak MiB" is that process's peak resident memory minus its
+resident memory before the first bound computation (Linux), which covers torch's CPU allocations.
 """
 
 from __future__ import annotations
@@ -89,18 +90,29 @@ def measure(model: nn.Module, shape: tuple[int, ...], B: int, method: str, eps: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="one repeat, skip batch 1 of alpha-CROWN")
+    ap.add_argument("--quick", action="store_true", help="one repeat")
+    ap.add_argument("--methods", default="ibp,crown,lbp,crown-lbp,alpha-crown",
+                    help="comma-separated methods (IBP is always measured, for the ratio)")
+    ap.add_argument("--batches", default="1,100", help="comma-separated batch sizes")
     args = ap.parse_args()
+    methods = ["ibp", *(m for m in args.methods.split(",") if m != "ibp")]
+    batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else 3
+    ibp_rate: dict[int, float] = {}
     print(f"torch {torch.__version__}, {args.threads} thread(s), eps 0.02, C = 9 margins + 1 zero row per box")
-    print(f"{'network':32s} {'method':12s} {'batch':>5s} {'boxes/s':>10s} {'s/100 boxes':>12s} {'peak MiB':>9s} "
-          f"{'unstable/box':>12s}")
+    print(f"{'network':32s} {'method':12s} {'batch':>5s} {'boxes/s':>10s} {'s/100 boxes':>12s} {'x IBP':>7s} "
+          f"{'peak MiB':>9s} {'unstable/box':>12s}")
     for name in ("MLP 784-256x4-10", "CNN c16k4s2-c32k4s2-fc100-10"):
-        for method in ("ibp", "crown", "alpha-crown"):
-            for B in (1, 100):
+        for method in methods:
+            for B in batches:
                 rate, mib, unstable = run_isolated(name, method, B, repeats, args.threads)
-                print(f"{name:32s} {method:12s} {B:5d} {rate:10.1f} {100 / rate:12.3f} {mib:9.1f} {unstable:12.1f}")
+                if method == "ibp":
+                    ibp_rate[B] = rate
+                print(f"{name:32s} {method:12s} {B:5d} {rate:10.1f} {100 / rate:12.3f} {ibp_rate[B] / rate:7.1f} "
+                      f"{mib:9.1f} {unstable:12.1f}")
+    if "crown" not in methods:
+        return
     rate, mib, unstable = run_isolated("MLP 784-256-256-10", "crown", 100, repeats, args.threads)
     ref = 0.5
     print(f"\nMLP 784-256-256-10, CROWN, batch 100: {100 / rate:.3f} s per 100 boxes, peak {mib:.0f} MiB, "

@@ -10,6 +10,7 @@ from torch import nn
 
 from vfnn.bounds import METHODS, compute_bounds
 from vfnn.errors import ModelError
+from vfnn.layers import ParamRampModule
 from vfnn.network import ElementwiseAffineModule
 
 DATA = Path(__file__).parent / "data" / "lirpa_crown_reference.npz"
@@ -41,10 +42,18 @@ def cnn(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
     return m, (2, 9, 9)
 
 
+def ramp_mlp(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """ParamRamp activations (lower lines with an intercept, bends of both signs of slope eta)."""
+    g = torch.Generator().manual_seed(seed + 200)
+    m = nn.Sequential(nn.Linear(6, 12), ParamRampModule(torch.rand(12, generator=g) * 0.8, 0.01),
+                      nn.Linear(12, 10), ParamRampModule(torch.rand(10, generator=g) * 0.8, 0.0), nn.Linear(10, 4))
+    return _init(m, seed), (6,)
+
+
 def _forward_with_pre(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     pre = []
     for m in model:
-        if isinstance(m, nn.ReLU):
+        if isinstance(m, (nn.ReLU, ParamRampModule)):
             pre.append(x)
         x = m(x)
     return pre, x.flatten(1)
@@ -57,7 +66,7 @@ def _boxes(shape: tuple[int, ...], B: int, eps: float, seed: int) -> tuple[torch
     return x - r, x + r
 
 
-@pytest.mark.parametrize("builder", [mlp, cnn])
+@pytest.mark.parametrize("builder", [mlp, cnn, ramp_mlp])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sampled_points_lie_within_all_bounds(builder, seed: int) -> None:
     model, shape = builder(seed)
@@ -65,7 +74,11 @@ def test_sampled_points_lie_within_all_bounds(builder, seed: int) -> None:
     lower, upper = _boxes(shape, B, 0.3, seed)
     n_out = model(lower).flatten(1).shape[1]
     C = torch.randn(B, 5, n_out, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    results = {m: compute_bounds(model, lower, upper, C, method=m, alpha_steps=5) for m in METHODS}
+    methods = [m for m in METHODS if builder is not ramp_mlp or m != "alpha-crown"]  # alpha: ReLU only
+    results = {m: compute_bounds(model, lower, upper, C, method=m, alpha_steps=5) for m in methods}
+    for m in ("crown", "crown-ibp", "lbp", "crown-lbp"):  # both lower lines
+        other = "adaptive" if m in ("lbp", "crown-lbp") else "tight"
+        results[f"{m}/{other}"] = compute_bounds(model, lower, upper, C, method=m, relaxation=other)
     g = torch.Generator().manual_seed(seed + 7)
     for b in range(B):
         u = torch.rand(n, *shape, generator=g, dtype=torch.float64)
@@ -101,6 +114,82 @@ def test_crown_never_looser_than_ibp_and_alpha_never_looser_than_crown(builder) 
     assert float((crown.upper - crown.lower).sum().detach()) < float((ibp.upper - ibp.lower).sum().detach())
 
 
+_ORDER = ("ibp", "lbp", "crown-lbp", "crown")
+
+
+def _assert_theorem_2(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None) -> None:
+    """Lyu et al.'s Theorem 2 with tight lines: IBP <= LBP <= CROWN-LBP <= CROWN (lower bounds;
+    the mirror for upper bounds), and IBP <= LBP on every pre-activation bound."""
+    res = {m: compute_bounds(model, lower, upper, C, method=m, relaxation="tight", intersect_ibp=False)
+           for m in _ORDER}
+    for looser, tighter in zip(_ORDER, _ORDER[1:], strict=False):
+        assert torch.all(res[tighter].lower >= res[looser].lower - 1e-6), (looser, tighter)
+        assert torch.all(res[tighter].upper <= res[looser].upper + 1e-6), (looser, tighter)
+    for (il, iu), (ll, lu) in zip(res["ibp"].pre_activation, res["lbp"].pre_activation, strict=True):
+        assert torch.all(ll >= il - 1e-6) and torch.all(lu <= iu + 1e-6)
+    # a strict improvement somewhere, so the ordering is not vacuous
+    assert float((res["lbp"].lower - res["ibp"].lower).sum().detach()) > 1e-3
+
+
+@pytest.mark.parametrize("builder", [mlp, cnn, ramp_mlp])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_theorem_2_ordering_with_tight_lines_on_random_nets(builder, seed: int) -> None:
+    model, shape = builder(seed)
+    lower, upper = _boxes(shape, 3, 0.3, seed)
+    n_out = model(lower).flatten(1).shape[1]
+    C = torch.randn(3, 4, n_out, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    _assert_theorem_2(model, lower, upper, C)
+    _assert_theorem_2(model, lower, upper, None)
+
+
+def _trained(builder, method: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:  # noqa: ANN001
+    """A net trained briefly on a toy task with the CE loss, or CE plus IBP's robust loss at
+    eps 0.02 (certified-training-like weights, where CROWN's adaptive lines can be looser than IBP)."""
+    model, shape = builder(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(64, *shape, generator=g, dtype=torch.float64)
+    n_out = model(x[:1]).flatten(1).shape[1]
+    y = x.flatten(1)[:, :n_out].argmax(1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.005)
+    eye = torch.eye(n_out, dtype=torch.float64)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x).flatten(1), y)
+        if method == "ibp":  # worst-case logits from IBP bounds of the margins y_true - y_j
+            C = eye[y].unsqueeze(1) - eye.unsqueeze(0)
+            worst = -compute_bounds(model, x - 0.02, x + 0.02, C, method="ibp").lower
+            loss = loss + nn.functional.cross_entropy(worst, y)
+        loss.backward()
+        opt.step()
+    return model.eval(), shape
+
+
+@pytest.mark.parametrize("builder", [mlp, cnn, ramp_mlp])
+@pytest.mark.parametrize("method", ["ce", "ibp"])
+def test_theorem_2_ordering_with_tight_lines_on_trained_nets(builder, method: str) -> None:
+    model, shape = _trained(builder, method, 11)
+    lower, upper = _boxes(shape, 4, 0.3, 12)
+    n_out = model(lower).flatten(1).shape[1]
+    C = torch.randn(4, 5, n_out, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    _assert_theorem_2(model, lower, upper, C)
+
+
+def test_default_lower_lines_and_tight_crown() -> None:
+    """lbp/crown-lbp default to tight lines, the others to CROWN's adaptive ones (auto_LiRPA's)."""
+    model, shape = mlp(4)
+    lower, upper = _boxes(shape, 3, 0.3, 4)
+    for method, default in (("lbp", "tight"), ("crown-lbp", "tight"), ("crown", "adaptive"),
+                            ("crown-ibp", "adaptive")):
+        a = compute_bounds(model, lower, upper, method=method)
+        b = compute_bounds(model, lower, upper, method=method, relaxation=default)
+        assert torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper), method
+    tight = compute_bounds(model, lower, upper, method="crown", relaxation="tight", intersect_ibp=False)
+    adaptive = compute_bounds(model, lower, upper, method="crown", intersect_ibp=False)
+    assert not torch.equal(tight.lower, adaptive.lower)
+    with pytest.raises(ValueError, match="unknown relaxation"):
+        compute_bounds(model, lower, upper, method="crown", relaxation="loose")  # type: ignore[arg-type]
+
+
 def test_exact_box_gives_exact_output() -> None:
     model, shape = cnn(3)
     x = torch.rand(2, *shape, dtype=torch.float64)
@@ -110,7 +199,7 @@ def test_exact_box_gives_exact_output() -> None:
         assert torch.allclose(b.lower, y, atol=1e-9) and torch.allclose(b.upper, y, atol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown"])
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown", "lbp", "crown-lbp"])
 def test_bounds_are_differentiable_wrt_parameters(method: str) -> None:
     model, shape = cnn(4)
     model = model.float().train()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vfnn.bounds import METHODS
 from vfnn.errors import ModelError
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 @click.command("stats")
 @click.argument("model", type=click.Path())  # checked by input_file: one line, not click's usage block
 @click.argument("spec", type=click.Path())
-@click.option("--bounds", "method", type=click.Choice(["ibp", "crown", "alpha-crown"]), default="crown",
+@click.option("--bounds", "method", type=click.Choice(METHODS), default="crown",
               show_default=True, help="Bound method for the pre-activation and output bounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the UnstableRecord as JSON instead of a table.")
 def stats(model: str, spec: str, method: str, as_json: bool) -> None:

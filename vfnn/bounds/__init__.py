@@ -17,6 +17,17 @@ module types), on the device and in the dtype of the box tensors.
   intermediate layer) optimised jointly by projected Adam steps, as auto_LiRPA's
   ``CROWN-Optimized``; never looser than ``crown`` (elementwise best of both, also for the
   pre-activation bounds).
+- ``lbp``: forward linear bound propagation (Lyu et al., 2021, Theorem 1; :mod:`vfnn.bounds.lbp`):
+  lower and upper linear functions of the input carried layer by layer, concretised by Hoelder.
+- ``crown-lbp``: LBP pre-activation bounds and one CROWN pass back from ``C @ y``; differentiable,
+  the certified-training bound of Lyu et al.
+
+``relaxation``: the lower line of unstable ReLUs, ``"adaptive"`` (CROWN's, slope 1 when u > -l,
+else 0; auto_LiRPA's) or ``"tight"`` (slope 0, the paper's: with it IBP <= LBP <= CROWN-LBP <= CROWN,
+Theorem 2).  Defaults: tight for lbp/crown-lbp, adaptive for the others (auto_LiRPA's numbers).
+
+The module imports no torch until a bound is computed, so command-line tools can list
+:data:`METHODS` cheaply.
 
 docs/bounds.md has the formulas, the choices and measured speed.
 """
@@ -24,20 +35,20 @@ docs/bounds.md has the formulas, the choices and measured speed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-from vfnn.bounds.plan import Plan, make_plan
-from vfnn.bounds.propagate import alpha_crown, alpha_group_size, crown_intermediate, crown_output, ibp
-from vfnn.errors import ModelError
-from vfnn.layers import ReLU
+    from vfnn.bounds.plan import Plan
 
-Method = Literal["ibp", "crown-ibp", "crown", "alpha-crown"]
-METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "alpha-crown")
+Method = Literal["ibp", "crown-ibp", "crown", "alpha-crown", "lbp", "crown-lbp"]
+METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "alpha-crown", "lbp", "crown-lbp")
+LowerLine = Literal["adaptive", "tight"]
+RELAXATIONS: tuple[str, ...] = ("adaptive", "tight")
 
-__all__ = ["METHODS", "Bounds", "Method", "compute_bounds"]
+__all__ = ["METHODS", "RELAXATIONS", "Bounds", "LowerLine", "Method", "compute_bounds"]
 
 
 @dataclass
@@ -53,6 +64,8 @@ class Bounds:
 
 
 def _spec_matrix(C: torch.Tensor | None, B: int, like: torch.Tensor) -> torch.Tensor | None:
+    import torch
+
     if C is None:
         return None
     C = torch.as_tensor(C).to(dtype=like.dtype, device=like.device)
@@ -64,16 +77,21 @@ def _spec_matrix(C: torch.Tensor | None, B: int, like: torch.Tensor) -> torch.Te
 
 
 def _alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None, steps: int,
-                 lr: float) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+                 lr: float, tight: bool) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                  tuple[torch.Tensor, torch.Tensor]]:
     """alpha-CROWN in groups of boxes (memory), never looser than CROWN on the whole batch."""
-    pre, relax = crown_intermediate(plan, lower, upper)
+    import torch
+
+    from vfnn.bounds.propagate import alpha_crown, alpha_group_size, crown_intermediate, crown_output
+
+    pre, relax = crown_intermediate(plan, lower, upper, tight)
     lo, hi = crown_output(plan, relax, lower, upper, C)
     k = lo.shape[1]
     g = alpha_group_size(plan, k)
     parts = []
     for s in range(0, lower.shape[0], g):
         Cs = C[s: s + g] if C is not None and C.dim() == 3 else C
-        parts.append(alpha_crown(plan, lower[s: s + g], upper[s: s + g], Cs, steps, lr))
+        parts.append(alpha_crown(plan, lower[s: s + g], upper[s: s + g], Cs, steps, lr, tight))
     lo = torch.max(lo, torch.cat([p[1][0] for p in parts]))
     hi = torch.min(hi, torch.cat([p[1][1] for p in parts]))
     pre = [(torch.max(pl, torch.cat([p[0][i][0] for p in parts])),
@@ -83,16 +101,31 @@ def _alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.
 
 def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None = None,
                    method: Method = "crown", *, alpha_steps: int = 20, alpha_lr: float = 0.1,
-                   intersect_ibp: bool = True) -> Bounds:
+                   intersect_ibp: bool = True, relaxation: LowerLine | None = None) -> Bounds:
     """Bound ``model`` over the boxes ``[lower, upper]`` (each (B, *input_shape)).
 
     ``C``: (k, n_out) for every box or (B, k, n_out) per box; None bounds the outputs.
     ``alpha_steps``/``alpha_lr``: Adam steps and learning rate of alpha-CROWN.
     ``intersect_ibp``: for ``crown``/``alpha-crown``, take the elementwise tighter of the CROWN
     and IBP output bounds (pre-activation bounds are never intersected; see module docstring).
+    ``relaxation``: ReLU's lower line for unstable neurons, ``"adaptive"`` or ``"tight"``; None is
+    tight for ``lbp``/``crown-lbp`` and adaptive otherwise (IBP has no lines and ignores it).
     """
+    import torch
+
+    from vfnn.bounds.lbp import lbp
+    from vfnn.bounds.plan import make_plan
+    from vfnn.bounds.propagate import crown_intermediate, crown_output, ibp, relax_layer
+    from vfnn.errors import ModelError
+    from vfnn.layers import ReLU
+
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
+    if relaxation is None:
+        relaxation = "tight" if method in ("lbp", "crown-lbp") else "adaptive"
+    if relaxation not in RELAXATIONS:
+        raise ValueError(f"unknown relaxation {relaxation!r}; choose from {', '.join(RELAXATIONS)}")
+    tight = relaxation == "tight"
     if lower.shape != upper.shape:
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
     upper = upper.to(lower.dtype)
@@ -103,16 +136,24 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
     if method == "ibp":
         pre, (lo, hi) = ibp(plan, lower, upper, C)
         return Bounds(pre, lo, hi)
-    if method == "crown-ibp":
-        pre, _ = ibp(plan, lower, upper, None)
-        lo, hi = crown_output(plan, [plan.relax(i, pl, pu) for i, (pl, pu) in enumerate(pre)], lower, upper, C)
+    if method == "lbp":
+        pre, out = lbp(plan, lower, upper, C, tight)
+        assert out is not None
+        return Bounds(pre, *out)
+    if method in ("crown-ibp", "crown-lbp"):
+        if method == "crown-ibp":
+            pre, _ = ibp(plan, lower, upper, None)
+        else:
+            pre, _ = lbp(plan, lower, upper, None, tight, output=False)
+        relax = [relax_layer(plan, i, pl, pu, tight) for i, (pl, pu) in enumerate(pre)]
+        lo, hi = crown_output(plan, relax, lower, upper, C)
         return Bounds(pre, lo, hi)
     if method == "crown":
-        pre, relax = crown_intermediate(plan, lower, upper)
+        pre, relax = crown_intermediate(plan, lower, upper, tight)
         lo, hi = crown_output(plan, relax, lower, upper, C)
     else:
         with torch.no_grad():
-            pre, (lo, hi) = _alpha_crown(plan, lower, upper, C, alpha_steps, alpha_lr)
+            pre, (lo, hi) = _alpha_crown(plan, lower, upper, C, alpha_steps, alpha_lr, tight)
     if intersect_ibp:
         if method == "alpha-crown":
             with torch.no_grad():

@@ -1,4 +1,4 @@
-"""IBP, CROWN and alpha-CROWN over a :class:`~vfnn.bounds.plan.Plan`.
+"""IBP, CROWN and alpha-CROWN (LBP: :mod:`vfnn.bounds.lbp`) over a :class:`~vfnn.bounds.plan.Plan`.
 
 Linear bounds are carried as a tensor ``A`` of shape ``(Bb, P, m, *shape)``: ``Bb`` is 1 while
 the coefficients are the same for every box (before the first ReLU relaxation) and ``B`` after;
@@ -10,12 +10,13 @@ GEMM or transposed convolution.
 
 from __future__ import annotations
 
+import dataclasses
 from math import prod
 
 import torch
 
 from vfnn.bounds.plan import Affine, Plan
-from vfnn.layers import Conv2d, Dense, Flatten, Relaxation
+from vfnn.layers import Conv2d, Dense, Flatten, Relaxation, ReLU
 
 # Largest number of elements one coefficient tensor may hold before rows are split into chunks.
 ELEMENT_BUDGET = 1 << 25
@@ -65,6 +66,20 @@ def ibp(plan: Plan, lower: torch.Tensor, upper: torch.Tensor,
     lo, hi = ibp_chain(last, lo, hi)
     lo, hi = lo.flatten(1), hi.flatten(1)
     return pre, ((lo, hi) if C is None else _interval_times(C, None, lo, hi))
+
+
+# -- relaxations -----------------------------------------------------------------------------------
+def relax_layer(plan: Plan, i: int, lower: torch.Tensor, upper: torch.Tensor, tight: bool = False) -> Relaxation:
+    """The linear bounds of activation layer ``i`` over [lower, upper].
+
+    ReLU's own relaxation uses CROWN's adaptive lower slope (auto_LiRPA's default); ``tight``
+    replaces it by slope 0 for unstable neurons (Lyu et al.'s tight line, eta*z with eta = 0),
+    whose lines meet IBP's bounds at both ends, which is what makes CROWN/LBP never looser than
+    IBP.  Other kinds (ParamRamp) already relax with the tight lines."""
+    rx = plan.relax(i, lower, upper)
+    if tight and plan.activations[i].kind is ReLU:
+        rx = dataclasses.replace(rx, lower_d=rx.lower_d * (~rx.unstable).to(rx.lower_d.dtype))
+    return rx
 
 
 # -- backward (CROWN) -------------------------------------------------------------------------------
@@ -166,14 +181,16 @@ def _ibp_only(chain: list[Affine], first: bool) -> bool:
     return first and len(chain) == 1 and chain[0].kind in (Dense, Conv2d)
 
 
-def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor) -> tuple[list[Interval], list[Relaxation]]:
+def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor,
+                       tight: bool = False) -> tuple[list[Interval], list[Relaxation]]:
     """Pre-activation bounds of every ReLU layer, computed as auto_LiRPA's ``method="CROWN"``.
 
     For layer i a reference interval is first propagated from layer i-1's bounds (IBP over one
-    chain).  Neurons stable under the reference keep it; CROWN is run from the neurons that are
-    unstable for some box of the batch.  When those are more than 90% of the layer, CROWN is run
-    from every neuron and the reference is dropped.  This reproduces auto_LiRPA's default
-    (``sparse_intermediate_bounds``) exactly, which is what makes the results comparable."""
+    chain).  Neurons stable under the reference (by the kind's relaxation) keep it; CROWN is run
+    from the neurons that are unstable for some box of the batch.  When those are more than 90%
+    of the layer, CROWN is run from every neuron and the reference is dropped.  This reproduces auto_LiRPA's default
+    (``sparse_intermediate_bounds``) exactly, which is what makes the results comparable.
+    ``tight``: the tight lower lines (:func:`relax_layer`) instead of the adaptive ones."""
     B = lower.shape[0]
     center, diff = ((upper + lower) / 2.0).flatten(1), ((upper - lower) / 2.0).flatten(1)
     pre: list[Interval] = []
@@ -184,7 +201,8 @@ def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor) -> 
         if not _ibp_only(plan.chains[i], i == 0):
             shape = plan.pre_shapes[i]
             rl, ru = ref_l.reshape(B, -1), ref_u.reshape(B, -1)
-            locs = ((rl < 0) & (ru > 0)).any(0)
+            # unstable as the kind sees it: l < 0 < u for ReLU (auto_LiRPA's test), either kink for ParamRamp
+            locs = plan.relax(i, ref_l, ref_u).unstable.reshape(B, -1).any(0)
             count = int(locs.sum())
             if 0 < count <= SPARSE_FRACTION * rl.shape[1]:
                 idx = locs.nonzero().squeeze(1)
@@ -195,7 +213,7 @@ def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor) -> 
                 cl, cu = crown_rows(plan, relax, i, None, center, diff)
                 ref_l, ref_u = cl.reshape(B, *shape), cu.reshape(B, *shape)
         pre.append((ref_l, ref_u))
-        relax.append(plan.relax(i, ref_l, ref_u))
+        relax.append(relax_layer(plan, i, ref_l, ref_u, tight))
     return pre, relax
 
 
@@ -242,7 +260,7 @@ def alpha_group_size(plan: Plan, k: int) -> int:
 
 
 def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None, steps: int,
-                lr: float) -> tuple[list[Interval], Interval]:
+                lr: float, tight: bool = False) -> tuple[list[Interval], Interval]:
     """alpha-CROWN: optimise the lower slopes of unstable neurons with projected Adam steps.
 
     As auto_LiRPA's ``CROWN-Optimized``, slopes exist per (box, side, bounded row, neuron) for the
@@ -250,13 +268,14 @@ def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.T
     optimised jointly for the output bounds (the intermediate bounds are recomputed each step,
     intersected with CROWN's).  Layers whose slope tensors would exceed a memory budget keep
     CROWN's bounds.  The tightest bounds seen (intermediate and output) are returned.  The model
-    parameters receive no gradients (``torch.autograd.grad`` w.r.t. the slopes only)."""
+    parameters receive no gradients (``torch.autograd.grad`` w.r.t. the slopes only).  ``tight``:
+    CROWN's starting bounds and slopes use the tight lower lines."""
     B = lower.shape[0]
     center, diff = ((upper + lower) / 2.0).flatten(1), ((upper - lower) / 2.0).flatten(1)
     with torch.no_grad():
-        pre0, relax0 = crown_intermediate(plan, lower, upper)
+        pre0, relax0 = crown_intermediate(plan, lower, upper, tight)
         pre0 = [(lo.detach(), hi.detach()) for lo, hi in pre0]
-        relax0 = [plan.relax(i, lo, hi) for i, (lo, hi) in enumerate(pre0)]
+        relax0 = [relax_layer(plan, i, lo, hi, tight) for i, (lo, hi) in enumerate(pre0)]
         best_l, best_u = crown_output(plan, relax0, lower, upper, C)
     best_pre = list(pre0)
     if steps <= 0 or not any(bool(r.unstable.any()) for r in relax0):
@@ -285,7 +304,7 @@ def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.T
         pre, relax = list(pre0), list(relax0)
         for i, idx in rows.items():
             pre[i] = _refine_rows(plan, relax, i, idx, pre0[i], center, diff, inter[i])
-            relax[i] = plan.relax(i, *pre[i])
+            relax[i] = relax_layer(plan, i, *pre[i], tight)
         return pre, crown_output(plan, relax, lower, upper, C, final)
 
     for step in range(steps + 1):
