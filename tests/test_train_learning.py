@@ -150,7 +150,8 @@ def test_init_from_onnx_fine_tunes(tmp_path: Path) -> None:
     assert cfg["init"].endswith("model.onnx")
 
 
-@pytest.mark.parametrize("phase", [Phase("ce", ("nbc",), 3), Phase("crown-ibp", (), 3)], ids=["ce+nbc", "crown-ibp"])
+@pytest.mark.parametrize("phase", [Phase("ce", ("nbc",), 3), Phase("crown-ibp", (), 3), Phase("crown-lbp", (), 3)],
+                         ids=["ce+nbc", "crown-ibp", "crown-lbp"])
 def test_paramramp_trains_exports_as_relus_and_resumes(tmp_path: Path, phase: Phase) -> None:
     import onnx
 

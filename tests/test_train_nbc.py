@@ -142,3 +142,17 @@ def test_nbc_every_k_skips_batches() -> None:
     x = torch.zeros(2, 1, 8, 8)
     active = [reg.active(Batch(x, torch.zeros(2, dtype=torch.long), step=s)) for s in range(7)]
     assert active == [True, False, False, True, False, False, True]
+
+
+@pytest.mark.parametrize("method, bound", [("crown-ibp", "crown-ibp"), ("crown-lbp", "crown-lbp")])
+def test_certified_objectives_mix_their_linear_bound_with_ibp(net: torch.nn.Sequential, method: str,
+                                                              bound: str) -> None:
+    """L = kappa CE + (1 - kappa) CE(-(beta m_linear + (1 - beta) m_ibp)), with each method's own bound."""
+    from vfnn.train.objectives import OBJECTIVES, Batch, margin_lower_bounds
+
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    s = ScheduleValues(eps=0.05, target_eps=0.05, kappa=0.3, beta=0.6)
+    loss, _ = OBJECTIVES[method].from_table({}).loss(net, Batch(x, y), s)
+    m = 0.6 * margin_lower_bounds(net, x, y, 0.05, 10, bound) + 0.4 * margin_lower_bounds(net, x, y, 0.05, 10, "ibp")
+    expected = 0.3 * F.cross_entropy(net(x), y) + 0.7 * F.cross_entropy(-m, y)
+    assert torch.allclose(loss, expected, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Base training objectives (``--method``): ce, pgd, trades, ibp, crown-ibp.
+"""Base training objectives (``--method``): ce, pgd, trades, ibp, crown-ibp, crown-lbp.
 
 Each objective maps a batch and the current schedule values to a scalar loss and a dict of
 named terms for the log.  Certified objectives follow CROWN-IBP (Zhang et al. 2020):
@@ -7,7 +7,8 @@ named terms for the log.  Certified objectives follow CROWN-IBP (Zhang et al. 20
 
 where m_k is a lower bound on the margins f_y - f_j over the ball of radius eps_k (one radius
 unless multi-radius training is on; Liang et al. 2023 use several radii with decreasing weights
-w_k).  ``ibp`` bounds the margins with IBP; ``crown-ibp`` with beta * CROWN-IBP + (1 - beta) * IBP.
+w_k).  ``ibp`` bounds the margins with IBP; ``crown-ibp`` with beta * CROWN-IBP + (1 - beta) * IBP;
+``crown-lbp`` (Lyu et al. 2021) the same with CROWN-LBP in place of CROWN-IBP.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def margin_lower_bounds(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, 
                         method: str) -> torch.Tensor:
     """Lower bounds (B, n_classes) of f_y - f_j over the eps-ball (0 at j = y).
 
-    ``method``: any of vfnn.bounds.METHODS (``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``).
+    ``method``: any of vfnn.bounds.METHODS.
     """
     from vfnn.bounds import compute_bounds
 
@@ -174,19 +175,25 @@ class CROWNIBPTraining(IBPTraining):
 
     name = "crown-ibp"
     kappa_end = 0.0
+    linear_bound = "crown-ibp"  # the bound mixed with IBP's by beta (vfnn.bounds method)
 
     def robust_ce(self, model, batch, eps, s):
         n_classes = batch.n_classes(model)
         lb = margin_lower_bounds(model, batch.x, batch.y, eps, n_classes, "ibp")
         if s.beta > 0:
-            lb_crown = margin_lower_bounds(model, batch.x, batch.y, eps, n_classes, CROWN_IBP_METHOD)
-            lb = s.beta * lb_crown + (1.0 - s.beta) * lb
+            lb_linear = margin_lower_bounds(model, batch.x, batch.y, eps, n_classes, self.linear_bound)
+            lb = s.beta * lb_linear + (1.0 - s.beta) * lb
         return F.cross_entropy(-lb, batch.y)
 
 
-# The bound used for the CROWN-IBP term (linear relaxation backwards from the output).
-CROWN_IBP_METHOD = "crown-ibp"
+class CROWNLBPTraining(CROWNIBPTraining):
+    """Lyu et al. 2021: as crown-ibp with CROWN-LBP margins (LBP pre-activation bounds, tight
+    lines, one CROWN pass back), mixed with IBP's by beta (kappa 1 -> 0, beta 1 -> 0)."""
+
+    name = "crown-lbp"
+    linear_bound = "crown-lbp"
+
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (CrossEntropy, PGDTraining, TRADES, IBPTraining, CROWNIBPTraining)
+    cls.name: cls for cls in (CrossEntropy, PGDTraining, TRADES, IBPTraining, CROWNIBPTraining, CROWNLBPTraining)
 }

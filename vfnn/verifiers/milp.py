@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from vfnn.bounds import METHODS
 from vfnn.layers import ActivationLayer
 from vfnn.network import Network
 from vfnn.spec import Halfspaces, SpecCase
@@ -39,7 +40,7 @@ class MilpVerifier(Verifier):
     description = "built-in MILP (HiGHS, big-M with CROWN bounds) after a PGD attack"
     options = (
         Option("threads", int, 1, "HiGHS threads"),
-        Option("bounds", str, "crown", "per-neuron bound method", ("ibp", "crown", "alpha-crown")),
+        Option("bounds", str, "crown", "per-neuron bound method", METHODS),
         Option("attack_steps", int, 50, "PGD steps per restart (0: no attack)"),
         Option("attack_restarts", int, 0, "restarts per batch (0: sized from the input dimension and step cost)"),
         Option("attack_fraction", float, 0.1, "share of the time budget the attack may use"),
