@@ -258,3 +258,18 @@ def test_batch_norm_folds_into_the_layer_before_it() -> None:
     model = net.to_torch()
     assert all(not m.training for m in model if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d))
     assert np.allclose(Network.from_torch(model.train(), (2, 5, 5)).forward(x), net.forward(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("module, message", [
+    (torch.nn.Conv2d(1, 2, 3, dilation=2), "Conv2d: groups, dilation"),
+    (torch.nn.AvgPool2d(2, ceil_mode=True), "AvgPool2d: padding, ceil_mode"),
+    (torch.nn.Flatten(0), "Flatten: only Flatten(start_dim=1"),
+    (torch.nn.MaxPool2d(2), "torch module MaxPool2d is not supported"),
+])
+def test_torch_settings_vfnn_cannot_represent_are_one_line_errors(module: torch.nn.Module, message: str) -> None:
+    with pytest.raises(ModelError, match=message.replace("(", r"\(")):
+        Network.from_torch(torch.nn.Sequential(module), (1, 8, 8))
+    from vfnn.bounds import compute_bounds
+
+    with pytest.raises(ModelError, match="module 0"):  # bounds name the module too
+        compute_bounds(torch.nn.Sequential(module), torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8))

@@ -30,8 +30,8 @@ from vfnn.layers import (
     Flatten,
     Layer,
     ReLU,
-    kind_of_module,
     layer_from_state,
+    layer_of_module,
     leaf_modules,
     per_channel_values,
 )
@@ -116,7 +116,7 @@ class Network:
         """Read back a ``nn.Sequential`` made of :data:`TORCH_MODULES` (nesting is flattened;
         Identity and Dropout are dropped).  ``simplify=False`` keeps one layer per module, so
         that ``to_torch`` rebuilds the same module structure (what a checkpoint needs)."""
-        layers = tuple(kind_of_module(m).from_module(m) for m in leaf_modules(module))
+        layers = tuple(layer_of_module(m) for m in leaf_modules(module))
         net = Network(tuple(input_shape), layers, name)
         return net.simplified() if simplify else net
 

@@ -34,8 +34,8 @@ _BY_NAME: dict[str, type[Layer]] = {k.kind: k for k in KINDS}
 __all__ = [
     "ACTIVATION_MODULES", "KINDS", "ONNX_OPS", "SKIPPED_MODULES", "TORCH_MODULES", "ActivationLayer", "AffineLayer",
     "AvgPool2d", "BatchNorm", "Conv2d", "Dense", "ElementwiseAffine", "ElementwiseAffineModule", "Flatten", "Layer",
-    "ParamRamp", "ParamRampModule", "ReLU", "Relaxation", "Shape", "kind_of_module", "layer_from_state", "leaf_modules",
-    "pair", "per_channel_values",
+    "ParamRamp", "ParamRampModule", "ReLU", "Relaxation", "Shape", "kind_of_module", "layer_from_state",
+    "layer_of_module", "leaf_modules", "pair", "per_channel_values",
 ]
 
 
@@ -46,6 +46,14 @@ def kind_of_module(m: nn.Module) -> type[Layer]:
             return k
     supported = ", ".join(t.__name__ for t in (*TORCH_MODULES, *SKIPPED_MODULES))
     raise ModelError(f"torch module {type(m).__name__} is not supported (supported: {supported})")
+
+
+def layer_of_module(m: nn.Module) -> Layer:
+    """The Network form of torch module ``m`` (ModelError for a module or setting vfnn cannot represent)."""
+    kind = kind_of_module(m)
+    if (problem := kind.module_problem(m)) is not None:
+        raise ModelError(f"{type(m).__name__}: {problem}")
+    return kind.from_module(m)
 
 
 def leaf_modules(module: nn.Module) -> list[nn.Module]:

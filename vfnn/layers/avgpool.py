@@ -58,8 +58,6 @@ class AvgPool2d(AffineLayer):
 
     @classmethod
     def from_module(cls, m: nn.Module) -> AvgPool2d:
-        if (problem := cls.module_problem(m)) is not None:
-            raise ModelError(f"AvgPool2d: {problem}")
         return cls(pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size))
 
     # -- bounds

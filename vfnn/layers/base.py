@@ -117,7 +117,8 @@ class Layer(ABC):
     @classmethod
     @abstractmethod
     def from_module(cls, m: nn.Module) -> Layer:
-        """Read back one of :attr:`module_types` (ModelError for settings vfnn cannot represent)."""
+        """Read back one of :attr:`module_types` whose :meth:`module_problem` is None
+        (:func:`vfnn.layers.layer_of_module` checks that first)."""
 
     @classmethod
     def module_problem(cls, m: nn.Module) -> str | None:

@@ -99,8 +99,6 @@ class BatchNorm(AffineLayer):
 
     @classmethod
     def from_module(cls, m: nn.Module) -> BatchNorm:
-        if (problem := cls.module_problem(m)) is not None:
-            raise ModelError(f"{type(m).__name__}: {problem}")
         c = m.num_features
         gamma = np.ones(c, np.float32) if m.weight is None else numpy_of(m.weight)
         return cls(gamma, numpy_of(m.bias, c), numpy_of(m.running_mean), numpy_of(m.running_var), float(m.eps),

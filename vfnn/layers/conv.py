@@ -97,8 +97,6 @@ class Conv2d(AffineLayer):
 
     @classmethod
     def from_module(cls, m: nn.Module) -> Conv2d:
-        if (problem := cls.module_problem(m)) is not None:
-            raise ModelError(f"Conv2d: {problem}")
         ph, pw = pair(m.padding)
         return cls(numpy_of(m.weight), numpy_of(m.bias, m.out_channels), pair(m.stride), (ph, pw, ph, pw))
 

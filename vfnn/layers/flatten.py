@@ -12,7 +12,6 @@ import torch
 from onnx import helper
 from torch import nn
 
-from vfnn.errors import ModelError
 from vfnn.layers.base import AffineLayer, OnnxPart, Shape
 
 if TYPE_CHECKING:
@@ -45,8 +44,6 @@ class Flatten(AffineLayer):
 
     @classmethod
     def from_module(cls, m: nn.Module) -> Flatten:
-        if (problem := cls.module_problem(m)) is not None:
-            raise ModelError(f"Flatten: {problem}")
         return cls()
 
     # -- bounds
