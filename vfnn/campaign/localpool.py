@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vfnn.campaign.execute import Outcome, Task, execute, lost
-from vfnn.campaign.proctree import children, kill_tree
+from vfnn.verifiers.process import children, kill_tree
 
 _ctx: Any = None
 
@@ -68,17 +68,14 @@ def worker_main(conn: Connection, lifeline: Connection) -> None:
     """Loop: receive ``(task_id, Task)``, send back ``(task_id, outcome)``; stop on None or EOF.
 
     The job's deadline starts when the worker receives it (:func:`execute`)."""
-    from vfnn.verifiers.process import allow_plain_fork, die_with_parent
+    from vfnn.verifiers.process import one_thread, worker_init
 
-    die_with_parent()
+    worker_init()  # dies with its parent, one thread; it runs no torch code itself: each solve is a direct child
     threading.Thread(target=_watch_lifeline, args=(lifeline, os.getppid()), daemon=True, name="lifeline").start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    import torch
-
     import vfnn.campaign.worker_preload  # noqa: F401  (a no-op unless the fork server was started by other code)
 
-    torch.set_num_threads(1)
-    allow_plain_fork()  # a worker runs no torch code itself: the solve is a direct child
+    one_thread()  # again, in case torch was only imported just now
     while True:
         try:
             msg = conn.recv()
