@@ -13,6 +13,7 @@ import json
 import os
 import re
 import stat
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -345,6 +346,32 @@ def test_overrunning_tool_is_killed_near_the_deadline(tmp_path):
     assert "killed" in r.message
     assert r.tool_stats["unstable_neurons"] == 269  # parsed from what it had printed so far
     assert r.wall_time < 2 + 4 + 3
+
+
+NO_TORCH = textwrap.dedent("""
+    import json, sys
+    from vfnn.verifiers.abcrown import AbcrownVerifier
+    v = AbcrownVerifier(abcrown_path=sys.argv[1], python=sys.executable)
+    r = v.verify(sys.argv[2], sys.argv[3], 30, unstable_method=sys.argv[4] or None)
+    print(json.dumps({"status": r.status, "torch": "torch" in sys.modules, "onnx": "onnx" in sys.modules,
+                      "process_time": r.tool_stats.get("process_time"),
+                      "unstable": None if r.unstable is None else r.unstable.neurons}))
+""")
+
+
+@pytest.mark.parametrize("method", ["", "crown"])
+def test_the_adapter_process_imports_neither_torch_nor_onnx(tmp_path, method):
+    """The tool reads the ONNX file itself: vfnn's side stays light (its start-up is the adapter's
+    overhead); the unstable record, when asked for, comes from a child of its own."""
+    v = _replaying(tmp_path, "mlp_bab_unsat")
+    script = v._paths["abcrown_path"]
+    p = subprocess.run([sys.executable, "-c", NO_TORCH, script, str(MLP), str(DATA / "mlp_bab_unsat" / "spec.vnnlib"),
+                        method], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "unsat" and not out["torch"] and not out["onnx"], out
+    assert out["process_time"] > 0  # the tool's own process wall time, as the executor measured it
+    assert (out["unstable"] is not None) == bool(method)
 
 
 # -- integration: the real tool ----------------------------------------------------------------------

@@ -6,6 +6,7 @@ purpose; they run through the same isolated child process as every real verifier
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -146,6 +147,90 @@ def test_trivial_specs_need_no_tool() -> None:
     always = Spec((SpecCase(np.zeros(2), np.ones(2), (Halfspaces(np.zeros((0, 2)), np.zeros(0)),)),), 2, 2)
     r = Scripted("hang").verify(tiny_net(), always, 5.0, unstable_method=None)
     assert r.status == "sat" and r.counterexample_input == [0.5, 0.5]
+
+
+class Translating(Scripted):
+    """``translate`` refuses the spec named "refuse" and hands anything else to the solve."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__("translated")
+        self.marker = marker
+
+    def translate(self, problem: Problem, options: dict) -> str:
+        if problem.spec.name == "refuse":
+            raise UnsupportedProblem("no such constraint in this tool")
+        return f"input for {problem.spec.name}"
+
+    def _solve_translated(self, problem: Problem, options: dict, translated: object) -> RawOutcome:
+        self.marker.write_text("solved")
+        return RawOutcome("unknown", message=str(translated))
+
+
+def test_translate_runs_before_the_solve_and_can_refuse_before_anything_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "solved.txt"
+    r = Translating(marker).verify(tiny_net(), unsafe_spec(), 20.0)
+    assert r.status == "unknown" and r.message == "input for tiny_unsafe" and marker.is_file()
+    marker.unlink()
+    refused = Spec(unsafe_spec().cases, 2, 2, "refuse")
+    r = Translating(marker).verify(tiny_net(), refused, 20.0)
+    assert r.status == "error" and r.message == "unsupported: no such constraint in this tool"
+    assert not marker.exists() and r.unstable is None  # nothing ran: no solve, no record
+
+
+class PerCase(Scripted):
+    """Answers per input region: unsat where x0 can reach 1, ``other`` elsewhere."""
+
+    per_case = True
+
+    def __init__(self, other: str) -> None:
+        super().__init__(other)
+
+    def _solve(self, problem: Problem, options: dict) -> RawOutcome:
+        (case,) = problem.spec.cases  # the base hands over one region at a time
+        if case.upper[0] == 1.0:
+            return RawOutcome("unsat", tool_time=0.25)
+        if self.behaviour == "sat":
+            return RawOutcome("sat", [0.0, 1.0], tool_time=0.5)
+        return RawOutcome(self.behaviour, tool_time=0.5, message="gave up")  # type: ignore[arg-type]
+
+
+def _two_cases() -> Spec:
+    h = unsafe_spec().cases[0].unsafe
+    return Spec((SpecCase(np.zeros(2), np.ones(2), h), SpecCase(np.zeros(2), np.array([0.5, 1.0]), h)), 2, 2, "two")
+
+
+def test_per_case_adapters_get_one_region_at_a_time_and_the_answers_are_merged() -> None:
+    r = PerCase("sat").verify(tiny_net(), _two_cases(), 20.0)
+    assert r.status == "sat" and r.counterexample_input == [0.0, 1.0] and r.tool_stats["cases"] == ["unsat", "sat"]
+    assert r.tool_time == pytest.approx(0.75) and r.unstable is not None and r.unstable.neurons == 4  # both boxes
+    r = PerCase("unknown").verify(tiny_net(), _two_cases(), 20.0, unstable_method=None)
+    assert r.status == "unknown" and r.message == "case 1: gave up" and r.tool_stats["deciding_case"] == 1
+
+
+def test_merge_cases_order() -> None:
+    from vfnn.verifiers.base import merge_cases
+
+    u, t, k, e = (RawOutcome(s) for s in ("unsat", "timeout", "unknown", "error"))  # type: ignore[arg-type]
+    assert merge_cases([u, u]).status == "unsat"
+    assert merge_cases([u, e, k]).status == "unknown" and merge_cases([e, k, t]).status == "timeout"
+    assert merge_cases([e, RawOutcome("sat", [0.0, 0.0])]).status == "sat"
+
+
+def test_unstable_record_is_read_from_the_cache_once_computed(tmp_path: Path) -> None:
+    from vfnn.onnx_io import save_onnx
+    from vfnn.vnnlib import write_vnnlib
+
+    model, spec = save_onnx(tiny_net(), tmp_path / "m.onnx"), write_vnnlib(unsafe_spec(), tmp_path / "s.vnnlib")
+    cache = tmp_path / "cache"
+    first = Scripted("unknown").verify(model, spec, 20.0, unstable_cache=cache)
+    (entry,) = cache.glob("*.json")
+    assert first.unstable is not None and UnstableRecord.from_dict(json.loads(entry.read_text())) == first.unstable
+    marked = first.unstable.to_dict() | {"output_lower": [123.0]}
+    entry.write_text(json.dumps(marked))  # a second verifier must read this, not compute its own
+    second = Scripted("unknown").verify(model, spec, 20.0, unstable_cache=cache)
+    assert second.unstable is not None and second.unstable.output_lower == (123.0,)
+    other = Scripted("unknown").verify(model, spec, 20.0, unstable_cache=cache, unstable_method="ibp")
+    assert other.unstable is not None and other.unstable.method == "ibp" and len(list(cache.glob("*.json"))) == 2
 
 
 def test_options_are_typed_and_unknown_names_rejected() -> None:

@@ -6,10 +6,14 @@ onnx2pytorch) conflicts with vfnn's, so vfnn never imports it.  The user points 
 interpreter of its environment (``VFNN_ABCROWN_PYTHON`` or option ``python``); see
 ``verifiers/abcrown/README.md``.
 
-One solve: write a config for the chosen mode, write the spec into a scratch directory in the
-VNN-LIB subset α,β-CROWN's reader accepts (it writes ``<spec>.compiled`` next to it; and vfnn's
-parse of the spec is what the counterexample is replayed against), run the tool with ``--timeout``
-and kill it ourselves when it overruns, then parse the results file and stdout.
+One solve, as the base's command-line executor runs it: ``translate`` writes a config for the
+chosen mode and the spec into a scratch directory in the VNN-LIB subset α,β-CROWN's reader accepts
+(it writes ``<spec>.compiled`` next to it; and vfnn's parse of the spec is what the counterexample
+is replayed against); ``command`` is the tool's command line with ``--timeout``, run by
+:func:`vfnn.verifiers.process.run_command` (own session, killed a little after the deadline,
+since it overruns); ``parse`` reads the results file and stdout.  vfnn loads no Network and
+imports no torch for it (``needs_network = False``): the unstable-neuron record is computed in a
+child of its own while the tool runs.
 
 Reading the verdict (α,β-CROWN 0.7.0, Dec 2025; see ``tests/data/abcrown`` for real outputs):
 
@@ -26,8 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +42,12 @@ from vfnn.verifiers.base import (
     Option,
     Problem,
     RawOutcome,
+    ToolCommand,
     ToolCrashed,
     UnsupportedProblem,
     Verifier,
 )
-from vfnn.verifiers.process import die_with_parent
+from vfnn.verifiers.process import CommandRun
 
 ENV_PATH = "VFNN_ABCROWN"
 ENV_PYTHON = "VFNN_ABCROWN_PYTHON"
@@ -325,6 +328,7 @@ class AbcrownVerifier(Verifier):
     """α,β-CROWN (Verified-Intelligence/alpha-beta-CROWN) run as an external program."""
 
     name = "abcrown"
+    needs_network = False  # the tool reads the user's ONNX file: vfnn loads no Network, imports no torch
     description = "α,β-CROWN (GPU/CPU bound propagation + branch and bound), the user's own installation"
     options = (
         Option("abcrown_path", str, None, f"path to complete_verifier/abcrown.py (default: ${ENV_PATH})"),
@@ -339,8 +343,8 @@ class AbcrownVerifier(Verifier):
 
     @classmethod
     def resolve_options(cls, given: Any) -> dict[str, Any]:
-        """As the base, then fill the two paths from the environment (read here, in the parent
-        process: the solve runs in a fork-server child that does not see later environment changes)."""
+        """As the base, then fill the two paths from the environment (read when the options are
+        resolved, so that the value used is the one the caller saw)."""
         out = super().resolve_options(given)
         out["abcrown_path"] = out["abcrown_path"] or os.environ.get(ENV_PATH) or None
         out["python"] = out["python"] or os.environ.get(ENV_PYTHON) or None
@@ -381,7 +385,9 @@ class AbcrownVerifier(Verifier):
                                 install_hint=INSTALL_HINT)
         return Availability(True, version=_version(script.resolve()))
 
-    def _solve(self, problem: Problem, options: dict[str, Any]) -> RawOutcome:
+    def translate(self, problem: Problem, options: dict[str, Any]) -> Translated:
+        """Config, spec and model link in a scratch folder (here, before anything runs: a property
+        the tool's reader cannot express is refused at once)."""
         script = Path(options["abcrown_path"]).expanduser()
         if script.is_dir():
             script = next((c for c in (script / "abcrown.py", script / "complete_verifier" / "abcrown.py")
@@ -389,6 +395,7 @@ class AbcrownVerifier(Verifier):
         run_dir = problem.workdir / "abcrown"
         run_dir.mkdir(parents=True, exist_ok=True)
         mode = choose_mode(options["mode"], problem.spec.n_inputs)
+        spec_path = write_abcrown_vnnlib(problem.spec, run_dir / "spec.vnnlib")
         if options["config_file"]:
             config_path = Path(options["config_file"]).expanduser().resolve()
             if not config_path.is_file():
@@ -397,53 +404,63 @@ class AbcrownVerifier(Verifier):
             config_path = run_dir / "config.yaml"
             header = f"# written by vfnn for α,β-CROWN, mode {mode}\n"
             config_path.write_text(header + to_yaml(build_config(mode, options["device"])) + "\n")
-        spec_path = write_abcrown_vnnlib(problem.spec, run_dir / "spec.vnnlib")
         model_path = run_dir / "model.onnx"  # a link: the tool writes <model>.optimized next to it
         model_path.symlink_to(Path(problem.onnx_path).resolve())
-        results_path, cex_path = run_dir / "results.txt", run_dir / "cex.txt"
+        return Translated(script.resolve(), run_dir, mode, config_path, spec_path, model_path)
+
+    def command(self, problem: Problem, options: dict[str, Any], translated: Translated) -> ToolCommand:
+        """The tool's command line; it is killed a little after the deadline (it overruns ``--timeout``)."""
+        t = translated
         budget = max(1.0, problem.time_left() - float(options["startup_s"]))
-        cmd = [
-            str(Path(options["python"]).expanduser()), str(script.resolve()),
-            "--config", str(config_path), "--onnx_path", str(model_path), "--vnnlib_path", str(spec_path),
+        t.budget = budget
+        argv = (
+            str(Path(options["python"]).expanduser()), str(t.script),
+            "--config", str(t.config_path), "--onnx_path", str(t.model_path), "--vnnlib_path", str(t.spec_path),
             "--device", options["device"], "--timeout", f"{budget:.3f}",
-            "--results_file", str(results_path), "--save_adv_example", "--cex_path", str(cex_path),
-        ]
+            "--results_file", str(t.run_dir / "results.txt"), "--save_adv_example", "--cex_path",
+            str(t.run_dir / "cex.txt"),
+        )
+        t.argv = argv
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        # Kill it ourselves a little after the deadline (it overruns --timeout), before the base
-        # kills this whole process group at timeout + grace.  Same group, so nothing survives us.
-        hard = problem.time_left() + 0.8 * float(options["grace"])
-        out_path, err_path = run_dir / "stdout.txt", run_dir / "stderr.txt"
-        start = time.monotonic()
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            # die_with_parent: if this solve is SIGKILLed (vfnn verify killed), the tool goes with it
-            proc = subprocess.Popen(cmd, cwd=run_dir, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
-                                    preexec_fn=die_with_parent)
-            try:
-                code: int | None = proc.wait(timeout=max(0.1, hard))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                code = None
-        elapsed = time.monotonic() - start
-        stdout = out_path.read_text(errors="replace")
-        stderr = err_path.read_text(errors="replace")
+        return ToolCommand(argv, t.run_dir, env)
+
+    def parse(self, problem: Problem, options: dict[str, Any], translated: Translated, run: CommandRun
+              ) -> RawOutcome:
+        """The results file (or, when killed while writing up, the stdout verdict) and stdout's statistics."""
+        t = translated
+        results_path, cex_path = t.run_dir / "results.txt", t.run_dir / "cex.txt"
+        stdout = run.stdout()
         if options["keep_files"]:
-            _keep(run_dir, Path(options["keep_files"]).expanduser(), config_path, cmd, mode, budget)
+            _keep(t.run_dir, Path(options["keep_files"]).expanduser(), t.config_path, list(t.argv), t.mode, t.budget)
         results_text = results_path.read_text(errors="replace") if results_path.is_file() else None
-        if results_text is None and code is None:
+        if results_text is None and run.killed:
             # Killed while writing up: its stdout verdict (and cex file) say the same as the results file.
             results_text = _results_from_stdout(stdout, cex_path)
-        if code is None and results_text is None:
+        if run.killed and results_text is None:
             stats = parse_stdout(stdout).as_tool_stats()
-            stats.update(mode=mode, abcrown_timeout=budget)
-            return RawOutcome("timeout", tool_stats=stats, message=f"α,β-CROWN overran its {budget:.1f} s budget "
-                              f"and was killed after {elapsed:.1f} s (start-up included)")
-        if results_text is None or code not in (0, None):
-            why = f"exit code {code}" + ("" if results_path.is_file() else ", no results file")
-            raise ToolCrashed(f"α,β-CROWN failed ({why}): {_tail(stderr) or _tail(stdout)}")
-        raw = outcome_from_output(results_text, stdout, budget, problem.spec.n_inputs, problem.spec.n_outputs)
-        raw.tool_stats.update(mode=mode, abcrown_timeout=budget)
+            stats.update(mode=t.mode, abcrown_timeout=t.budget)
+            return RawOutcome("timeout", tool_stats=stats, message=f"α,β-CROWN overran its {t.budget:.1f} s budget "
+                              f"and was killed after {run.elapsed:.1f} s (start-up included)")
+        if results_text is None or run.returncode not in (0, None):
+            why = f"exit code {run.returncode}" + ("" if results_path.is_file() else ", no results file")
+            raise ToolCrashed(f"α,β-CROWN failed ({why}): {_tail(run.stderr()) or _tail(stdout)}")
+        raw = outcome_from_output(results_text, stdout, t.budget, problem.spec.n_inputs, problem.spec.n_outputs)
+        raw.tool_stats.update(mode=t.mode, abcrown_timeout=t.budget)
         return raw
+
+
+@dataclass
+class Translated:
+    """The files of one α,β-CROWN run (made by ``translate``); ``command`` adds the budget and argv."""
+
+    script: Path
+    run_dir: Path
+    mode: str
+    config_path: Path
+    spec_path: Path
+    model_path: Path
+    budget: float = 0.0
+    argv: tuple[str, ...] = ()
 
 
 def _results_from_stdout(stdout: str, cex_path: Path) -> str | None:

@@ -2,13 +2,24 @@
 
 The base class owns everything that every verifier needs (after DNNV's design): loading and
 normalising the network, checking that the spec fits it, trivial cases, the unstable-neuron
-record (vfnn's own bounds, the same method for every tool), running the tool in an isolated child
-process with a hard deadline and a memory cap, and replaying every counterexample on the original
-ONNX file.  An adapter declares ``name`` and ``options`` and implements two methods:
+record (vfnn's own bounds, the same method for every tool, computed once per (model, spec) when a
+cache is given), running the tool isolated with a hard deadline and a memory cap
+(:mod:`vfnn.verifiers.process`), and replaying every counterexample on the original ONNX file.
+An adapter declares ``name`` and ``options`` and implements:
 
 * :meth:`Verifier.availability` -- is the tool installed, which version, how to install it;
-* :meth:`Verifier._solve` -- runs *in the child process*: turn a :class:`Problem` into the tool's
-  input, run it until ``problem.deadline``, and parse the answer into a :class:`RawOutcome`.
+* :meth:`Verifier.translate` (optional) -- in the calling process, cheap: turn the problem into
+  the tool's input; raising :class:`UnsupportedProblem` here stops before anything runs;
+* then either :meth:`Verifier._solve` -- runs *in an isolated child process* (the in-process
+  executor: a Python library such as HiGHS or Marabou) and returns a :class:`RawOutcome` --
+  or :meth:`Verifier.command` and :meth:`Verifier.parse` -- the command-line executor: the base
+  runs the program (own session, deadline, kill of its tree, output files) and ``parse`` reads
+  its output.  A command-line adapter sets ``needs_network = False``: then ``verify()`` imports
+  neither torch nor onnx (sizes come from onnxruntime), and the unstable record is computed in a
+  child of its own while the tool runs.
+
+``per_case = True`` makes the base call the tool once per input region of the spec and merge the
+answers (``sat`` if any case is sat, ``unsat`` if all are, else timeout, unknown, error).
 
 A ``sat`` from a hook is only a claim: :meth:`Verifier.verify` turns it into ``sat`` when the
 counterexample replays with onnxruntime, and into ``error`` (with the reason) when it does not.
@@ -16,6 +27,8 @@ counterexample replays with onnxruntime, and into ``error`` (with the reason) wh
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -32,7 +45,7 @@ import numpy as np
 from vfnn.errors import VerifierUnavailable, VfnnError
 from vfnn.spec import Spec
 from vfnn.stats import UnstableRecord
-from vfnn.verifiers.process import run_isolated
+from vfnn.verifiers.process import CommandRun, Isolated, run_command, run_isolated
 from vfnn.verifiers.replay import SPEC_ATOL, validate_counterexample
 from vfnn.verifiers.result import Status, VerificationResult
 
@@ -122,7 +135,7 @@ class Problem:
     ``time.monotonic()`` value (the clock is shared between processes on Linux).
     """
 
-    network: Network
+    network: Network | None  # None for a verifier with ``needs_network = False`` given a path
     onnx_path: Path
     spec: Spec
     spec_path: Path | None
@@ -150,21 +163,96 @@ class RawOutcome:
 STARTED_FILE = "solver-started.json"  # in the workdir: the solver was called (holds the unstable record)
 
 
+@dataclass(frozen=True)
+class ToolCommand:
+    """An external program to run for one solve: ``argv`` in ``cwd``; killed ``kill_after``
+    seconds after it starts (None: the deadline plus 0.8 x ``grace``)."""
+
+    argv: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str] | None = None
+    kill_after: float | None = None
+
+
+@dataclass(frozen=True)
+class UnstableCache:
+    """Where the unstable record of one (model file, spec file, method) is kept, so that every
+    verifier of a campaign gets the record computed by the first (a file lock makes a second,
+    concurrent job wait for it rather than compute it again)."""
+
+    directory: Path
+    key: str
+
+    @staticmethod
+    def make(directory: str | Path | None, model_path: str | Path | None, spec_path: str | Path | None,
+             method: str | None) -> UnstableCache | None:
+        """A cache entry, or None when anything needed to name it is missing."""
+        if not (directory and model_path and spec_path and method):
+            return None
+        try:
+            stamp = [f"{Path(q).resolve()}:{st.st_mtime_ns}:{st.st_size}"
+                     for q, st in ((q, Path(q).stat()) for q in (model_path, spec_path))]
+        except OSError:
+            return None
+        key = hashlib.sha1("\n".join([*stamp, method]).encode()).hexdigest()[:20]
+        return UnstableCache(Path(directory), key)
+
+    def get_or_compute(self, compute: Callable[[], UnstableRecord], deadline: float) -> UnstableRecord | None:
+        """The cached record, else ``compute()`` under the lock; None if the lock is still held at ``deadline``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{self.key}.json"
+        with open(self.directory / f"{self.key}.lock", "a+") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        return None
+                    time.sleep(0.02)
+            try:
+                return UnstableRecord.from_dict(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            record = compute()
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record.to_dict()))
+            os.replace(tmp, path)
+            return record
+
+
+def _unstable(problem: Problem, method: str, cache: UnstableCache | None) -> UnstableRecord | None:
+    """The unstable-neuron record of ``problem`` (from the cache when there is one)."""
+    from vfnn.stats import unstable_record
+
+    def compute() -> UnstableRecord:
+        network = problem.network
+        if network is None:
+            from vfnn.onnx_io import load_onnx
+
+            network = load_onnx(problem.onnx_path)
+        return unstable_record(network, problem.spec, method=method)
+
+    return compute() if cache is None else cache.get_or_compute(compute, problem.deadline)
+
+
+def _record_in_child(problem: Problem, method: str, cache: UnstableCache | None) -> UnstableRecord | None:
+    """Child body for a command-line tool: the record only, while the tool runs."""
+    return _unstable(problem, method, cache)
+
+
 def _solve_in_child(verifier: Verifier, problem: Problem, options: dict[str, Any], trivial: RawOutcome | None,
-                    unstable_method: str | None) -> tuple[RawOutcome | None, UnstableRecord | None]:
+                    unstable_method: str | None, translated: Any = None, cache: UnstableCache | None = None,
+                    ) -> tuple[RawOutcome | None, UnstableRecord | None]:
     """Child body: the unstable record first (inside the deadline and the memory cap), saved before
     the tool starts so that a kill keeps it; then the tool, unless the budget is spent (None)."""
-    unstable = None
-    if unstable_method:
-        from vfnn.stats import unstable_record
-
-        unstable = unstable_record(problem.network, problem.spec, method=unstable_method)
+    unstable = _unstable(problem, unstable_method, cache) if unstable_method else None
     if trivial is not None:
         return trivial, unstable
     if problem.time_left() <= 0:
         return None, unstable
     (problem.workdir / STARTED_FILE).write_text(json.dumps(None if unstable is None else unstable.to_dict()))
-    return verifier._solve(problem, options), unstable
+    return verifier._solve_translated(problem, options, translated), unstable
 
 
 def _started(workdir: Path) -> tuple[bool, UnstableRecord | None]:
@@ -182,22 +270,75 @@ def not_started(timeout: float, why: str) -> RawOutcome:
                       message=f"the solver never started: {why} used the whole {timeout:g} s budget")
 
 
+UNDECIDED_ORDER: tuple[Status, ...] = ("timeout", "unknown", "error")
+
+
+def merge_cases(outcomes: list[RawOutcome]) -> RawOutcome:
+    """One answer for a spec from one answer per input region (in order; a ``sat`` ends the list):
+    sat if one is, unsat if all are, else the first timeout, then unknown, then error."""
+    times = [o.tool_time for o in outcomes if o.tool_time is not None]
+    total = sum(times) if times else None
+    cases = [o.status for o in outcomes]
+    pick = next((o for o in outcomes if o.status == "sat"), None)
+    if pick is None and all(o.status == "unsat" for o in outcomes):
+        return RawOutcome("unsat", tool_time=total, tool_stats={"cases": cases})
+    if pick is None:
+        pick = next(o for s in UNDECIDED_ORDER for o in outcomes if o.status == s)
+    i = outcomes.index(pick)
+    message = f"case {i}: {pick.message}" if pick.message else ""
+    return replace(pick, tool_time=total, tool_stats={**pick.tool_stats, "cases": cases, "deciding_case": i},
+                   message=message)
+
+
+def _io_sizes(onnx_path: Path) -> tuple[int, int]:
+    """Flat input and output sizes of an ONNX file, read with onnxruntime (no torch, no onnx import)."""
+    from vfnn.errors import ModelError
+    from vfnn.verifiers.replay import onnx_io_sizes
+
+    try:
+        return onnx_io_sizes(onnx_path)
+    except Exception as exc:  # onnxruntime's own exception types
+        raise ModelError(f"{onnx_path}: cannot read the ONNX model: {exc}") from None
+
+
 class Verifier(ABC):
     """Base class of every adapter (register it under the ``vfnn.verifiers`` entry-point group)."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
+    #: False for a tool that reads the ONNX file itself: verify() then loads no vfnn Network.
+    needs_network: ClassVar[bool] = True
+    #: True: the base solves each input region of the spec on its own and merges the answers.
+    per_case: ClassVar[bool] = False
 
     # -- to implement ---------------------------------------------------------------------------
     @abstractmethod
     def availability(self) -> Availability:
         """Check (cheaply, without solving) whether the tool can run here."""
 
-    @abstractmethod
+    def translate(self, problem: Problem, options: dict[str, Any]) -> Any:
+        """Build the tool's input in the calling process (cheap); raise :class:`UnsupportedProblem`
+        to stop before anything runs.  The value is passed on to the solve (picklable)."""
+        return None
+
     def _solve(self, problem: Problem, options: dict[str, Any]) -> RawOutcome:
         """Solve ``problem`` before ``problem.deadline``; runs in an isolated child process.
         Raise :class:`UnsupportedProblem` / :class:`ToolCrashed` (or subclasses) on failure."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _solve nor command")
+
+    def _solve_translated(self, problem: Problem, options: dict[str, Any], translated: Any) -> RawOutcome:
+        """The in-process executor's call; an adapter whose ``translate`` returns something reads
+        it by overriding this (the default ignores it and calls :meth:`_solve`)."""
+        return self._solve(problem, options)
+
+    def command(self, problem: Problem, options: dict[str, Any], translated: Any) -> ToolCommand | None:
+        """The program to run (the command-line executor), or None for an in-process ``_solve``."""
+        return None
+
+    def parse(self, problem: Problem, options: dict[str, Any], translated: Any, run: CommandRun) -> RawOutcome:
+        """Turn the finished (or killed: ``run.killed``) program's output into a RawOutcome."""
+        raise NotImplementedError(f"{type(self).__name__} returns a command but does not parse its output")
 
     # -- provided -------------------------------------------------------------------------------
     @classmethod
@@ -227,6 +368,7 @@ class Verifier(ABC):
         deadline: float | None = None,
         model_path: str | Path | None = None,
         on_wait: Callable[[], None] | None = None,
+        unstable_cache: str | Path | None = None,
     ) -> VerificationResult:
         """Decide ``spec`` (a Spec or a VNN-LIB path) on ``network`` (an ONNX path, or a Network:
         loaded from ``model_path``, or else exported for replay).
@@ -234,13 +376,11 @@ class Verifier(ABC):
         ``deadline`` (a ``time.monotonic()`` value, default now + ``timeout``) bounds the whole call,
         start-up and the unstable-neuron record included: a command or a campaign job passes the
         deadline it set when it started, so that its own start-up counts too.  ``on_wait`` is
-        called about every 0.1 s while the tool runs.  Raises VfnnError for user problems
-        (unreadable model, spec that does not fit, tool not available, bad option); every problem
-        of the tool itself becomes an ``error`` result.
+        called about every 0.1 s while the tool runs.  ``unstable_cache`` (a folder) keeps the
+        unstable record per (model file, spec file, method) for the next verifier.  Raises
+        VfnnError for user problems (unreadable model, spec that does not fit, tool not
+        available, bad option); every problem of the tool itself becomes an ``error`` result.
         """
-        from vfnn.network import Network
-        from vfnn.onnx_io import load_onnx, save_onnx
-
         if not (timeout > 0 and math.isfinite(timeout)):
             raise OptionError(f"timeout must be a positive number of seconds, got {timeout}")
         deadline = time.monotonic() + timeout if deadline is None else deadline
@@ -252,18 +392,37 @@ class Verifier(ABC):
             raise VerifierUnavailable(f"verifier {self.name} is not available: {avail.reason}{hint}")
         with tempfile.TemporaryDirectory(prefix=f"vfnn-{self.name}-") as tmp:
             workdir = Path(tmp)
-            if not isinstance(network, Network):
-                model_path, network = network, load_onnx(network)
-            onnx_path = Path(model_path) if model_path else save_onnx(network, workdir / "original.onnx")
+            net: Network | None
+            if isinstance(network, (str, Path)):  # a file: parsed once, here (or not at all)
+                model_path = network
+                if self.needs_network:
+                    from vfnn.onnx_io import load_onnx
+
+                    net = load_onnx(network)
+                    n_in, n_out = net.input_size, net.output_size
+                else:
+                    from vfnn.vnnlib import input_file
+
+                    net, (n_in, n_out) = None, _io_sizes(input_file(network, "the ONNX model"))
+            else:
+                net, n_in, n_out = network, network.input_size, network.output_size
+            if model_path:
+                onnx_path = Path(model_path)
+            else:
+                from vfnn.onnx_io import save_onnx
+
+                onnx_path = save_onnx(net, workdir / "original.onnx")
             if not isinstance(spec, Spec):
                 from vfnn.vnnlib import read_vnnlib
 
                 spec_path = spec if spec_path is None else spec_path
-                spec = read_vnnlib(spec, network.input_size, network.output_size)
-            spec.check_fits(network.input_size, network.output_size, model=str(model_path or network.name))
-            problem = Problem(network, onnx_path, spec, None if spec_path is None else Path(spec_path), deadline,
+                spec = read_vnnlib(spec, n_in, n_out)
+            name = str(model_path or (net.name if net is not None else onnx_path))
+            spec.check_fits(n_in, n_out, model=name)
+            problem = Problem(net, onnx_path, spec, None if spec_path is None else Path(spec_path), deadline,
                               float(timeout), workdir)
-            raw, unstable = self._run(problem, opts, unstable_method, on_wait)
+            cache = UnstableCache.make(unstable_cache, model_path, spec_path, unstable_method)
+            raw, unstable = self._run(problem, opts, unstable_method, on_wait, cache)
 
             def finish(raw: RawOutcome, x: list[float] | None = None, y: list[float] | None = None,
                        case: int | None = None) -> VerificationResult:
@@ -301,17 +460,50 @@ class Verifier(ABC):
         return None
 
     def _run(self, problem: Problem, opts: dict[str, Any], unstable_method: str | None,
-             on_wait: Callable[[], None] | None) -> tuple[RawOutcome, UnstableRecord | None]:
-        """Run the hook in a child process and translate every way it can end into a RawOutcome;
-        the child is killed ``grace`` seconds after the deadline."""
+             on_wait: Callable[[], None] | None, cache: UnstableCache | None = None,
+             ) -> tuple[RawOutcome, UnstableRecord | None]:
+        """Trivial answers, then the tool (per case when ``per_case``); every way it can end
+        becomes a RawOutcome."""
         trivial = self._trivial(problem.spec)
         if trivial is not None and not unstable_method:
             return trivial, None
         if problem.time_left() <= 0:
             return trivial or not_started(problem.timeout, "vfnn's start-up (loading the model and the spec)"), None
+        if trivial is not None or not self.per_case or len(problem.spec.cases) == 1:
+            return self._run_one(problem, opts, unstable_method, on_wait, cache, trivial)
+        unstable = None
+        if unstable_method:  # the whole spec's record, before the first case runs
+            out = run_isolated(_record_in_child, (problem, unstable_method, cache),
+                               limit_s=problem.time_left() + float(opts["grace"]),
+                               workdir=problem.workdir / "record", memory_mb=int(opts["memory_mb"]) or None)
+            unstable = out.value if out.kind == "returned" else None
+        outcomes: list[RawOutcome] = []
+        for i, case in enumerate(problem.spec.cases):
+            if outcomes and problem.time_left() <= 0:
+                outcomes.append(RawOutcome("timeout", message="no time was left for the remaining input regions"))
+                break
+            sub = replace(problem, spec=replace(problem.spec, cases=(case,), name=f"{problem.spec.name}[{i}]"))
+            raw, _ = self._run_one(sub, opts, None, on_wait, None, None)
+            outcomes.append(raw)
+            if raw.status == "sat":
+                break
+        return merge_cases(outcomes), unstable
+
+    def _run_one(self, problem: Problem, opts: dict[str, Any], unstable_method: str | None,
+                 on_wait: Callable[[], None] | None, cache: UnstableCache | None, trivial: RawOutcome | None,
+                 ) -> tuple[RawOutcome, UnstableRecord | None]:
+        translated = None
+        if trivial is None:
+            try:
+                translated = self.translate(problem, opts)
+            except UnsupportedProblem as exc:  # nothing has run: no record either
+                return RawOutcome("error", message=f"unsupported: {exc}"), None
+            cmd = self.command(problem, opts, translated)
+            if cmd is not None:
+                return self._run_command(problem, opts, translated, cmd, unstable_method, on_wait, cache)
         limit = problem.time_left() + float(opts["grace"])
-        out = run_isolated(_solve_in_child, (self, problem, opts, trivial, unstable_method), limit_s=limit,
-                           workdir=problem.workdir / "child", memory_mb=int(opts["memory_mb"]) or None,
+        out = run_isolated(_solve_in_child, (self, problem, opts, trivial, unstable_method, translated, cache),
+                           limit_s=limit, workdir=problem.workdir / "child", memory_mb=int(opts["memory_mb"]) or None,
                            on_wait=on_wait)
         started, unstable = _started(problem.workdir)
         if out.kind == "returned":
@@ -330,18 +522,60 @@ class Verifier(ABC):
             return RawOutcome("timeout", tool_stats=tail, message=f"killed at the hard deadline (timeout + grace "
                               f"= {problem.timeout + float(opts['grace']):g} s after the start)"), unstable
         if out.kind == "raised":
-            exc = out.value
-            if isinstance(exc, MemoryError):
-                msg = f"out of memory (cap {opts['memory_mb']} MiB)"
-            elif isinstance(exc, UnsupportedProblem):
-                msg = f"unsupported: {exc}"
-            elif isinstance(exc, VerifierFailure):
-                msg = f"{self.name} failed: {exc}"
-            else:
-                last = out.traceback.strip().splitlines()[-3:]
-                msg = f"{self.name} adapter raised {type(exc).__name__}: {exc} ({' | '.join(last)})"
-            return RawOutcome("error", message=msg, tool_stats=tail), unstable
+            return self._failure(out.value, out.traceback, opts, tail), unstable
         return RawOutcome("error", message=out.describe_death(), tool_stats=tail), unstable
+
+    def _failure(self, exc: BaseException, tb: str, opts: dict[str, Any], tail: dict[str, Any]) -> RawOutcome:
+        """The ``error`` outcome of an exception raised by an adapter hook."""
+        if isinstance(exc, MemoryError):
+            msg = f"out of memory (cap {opts['memory_mb']} MiB)"
+        elif isinstance(exc, UnsupportedProblem):
+            msg = f"unsupported: {exc}"
+        elif isinstance(exc, VerifierFailure):
+            msg = f"{self.name} failed: {exc}"
+        else:
+            last = tb.strip().splitlines()[-3:]
+            msg = f"{self.name} adapter raised {type(exc).__name__}: {exc} ({' | '.join(last)})"
+        return RawOutcome("error", message=msg, tool_stats=tail)
+
+    def _record_child(self, problem: Problem, opts: dict[str, Any], unstable_method: str | None,
+                      cache: UnstableCache | None) -> Isolated | None:
+        if not unstable_method:
+            return None
+        return Isolated(_record_in_child, (problem, unstable_method, cache), workdir=problem.workdir / "record",
+                        memory_mb=int(opts["memory_mb"]) or None)
+
+    @staticmethod
+    def _record_result(child: Isolated | None, until: float) -> UnstableRecord | None:
+        """The record child's answer, waiting for it until ``until`` at most (then it is killed)."""
+        if child is None:
+            return None
+        child.wait(until)
+        out = child.finish()
+        return out.value if out.kind == "returned" else None
+
+    def _run_command(self, problem: Problem, opts: dict[str, Any], translated: Any, cmd: ToolCommand,
+                     unstable_method: str | None, on_wait: Callable[[], None] | None, cache: UnstableCache | None,
+                     ) -> tuple[RawOutcome, UnstableRecord | None]:
+        """The command-line executor: the record in a child of its own while the tool runs here
+        (no torch in this process), the tool killed at its deadline, then ``parse``."""
+        grace = float(opts["grace"])
+        record = self._record_child(problem, opts, unstable_method, cache)
+        try:
+            (problem.workdir / STARTED_FILE).write_text("null")
+            kill_after = problem.time_left() + 0.8 * grace if cmd.kill_after is None else cmd.kill_after
+            run = run_command(cmd.argv, cwd=cmd.cwd, env=cmd.env, limit_s=kill_after, on_wait=on_wait,
+                              memory_mb=int(opts["memory_mb"]) or None)
+            try:
+                raw = self.parse(problem, opts, translated, run)
+            except Exception as exc:  # noqa: BLE001 - a parser bug is this adapter's error, not the user's
+                import traceback
+
+                raw = self._failure(exc, traceback.format_exc(), opts, {"output_tail": run.tail(500)})
+            raw = replace(raw, tool_stats={**raw.tool_stats, "process_time": round(run.elapsed, 3)})
+        finally:
+            unstable = self._record_result(record, max(time.monotonic(), problem.deadline + grace))
+        return raw, unstable
 
     @staticmethod
     def _replay(onnx_path: Path, spec: Spec, raw: RawOutcome
