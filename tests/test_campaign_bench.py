@@ -237,6 +237,28 @@ def test_portfolio_first_decisive_wins_and_losers_trees_are_killed(bench: dict, 
     time.sleep(0.5)
     assert not any(alive(p) for p in pids), "a stopped verifier's solve process is still running"
     assert (tmp_path / "pf" / "portfolio" / "results.csv").is_file()
+    assert len(list((tmp_path / "pf" / "cache" / "unstable").glob("*.json"))) == 4  # one per (model, spec)
+
+
+def test_the_unstable_record_is_computed_once_per_model_and_spec(bench: dict, fake_env: dict,
+                                                                  tmp_path: Path) -> None:
+    """A second verifier of the campaign reads the record the first one left in the cache."""
+    import shutil
+
+    rows = bench["csv"].read_text().splitlines()[:4]
+    (bench["root"] / "specs" / "four.csv").write_text("\n".join(rows) + "\n")
+    cache = tmp_path / "out" / "cache" / "unstable"
+    shutil.copytree(bench["root"] / "ref" / "cache" / "unstable", cache)
+    entries = sorted(cache.glob("*.json"))
+    assert len(entries) == 24  # the reference campaign: one record per property
+    for e in entries:  # mark them: a verifier that computed its own record would not have the mark
+        e.write_text(json.dumps(json.loads(e.read_text()) | {"output_lower": [123.0]}))
+    r = subprocess.run(_bench_cmd(bench["root"] / "specs" / "four.csv", tmp_path / "out", "-v", "fake", "-j", "2"),
+                       cwd=REPO, env=fake_env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    recs = load_latest(tmp_path / "out" / "results.jsonl")
+    assert len(recs) == 4 and all(rec.result.unstable.output_lower == (123.0,) for rec in recs.values())
+    assert len(list(cache.glob("*.json"))) == 24
 
 
 def test_worker_crash_loses_one_job_only(bench: dict, fake_env: dict, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ class Task:
     verifier: str
     timeout: float
     options: dict[str, Any] = field(default_factory=dict)
+    unstable_cache: str | None = None  # folder of unstable records: one computation per (model, spec)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def execute(task: Task) -> Outcome:
     """Run one task; never raises.
 
     The job's deadline is set here, when a worker takes it: loading the model and the spec and the
-    unstable-neuron record count against ``task.timeout``."""
+    unstable-neuron record count against ``task.timeout``.  The model is parsed once per job at
+    most (a worker keeps its last few models), and handed to the verifier as a Network."""
     deadline = time.monotonic() + task.timeout
     t0 = time.perf_counter()
     prepare_time = 0.0
@@ -108,7 +110,7 @@ def execute(task: Task) -> Outcome:
         prepare_time = time.perf_counter() - t0
         verifier = get_verifier(task.verifier)
         result = verifier.verify(net, spec, task.timeout, dict(task.options), spec_path=task.spec,
-                                 model_path=task.model, deadline=deadline)
+                                 model_path=task.model, deadline=deadline, unstable_cache=task.unstable_cache)
     except VfnnError as exc:
         result = make_result("error", task.verifier, task.timeout, str(exc), time.perf_counter() - t0,
                              task.model, task.spec)

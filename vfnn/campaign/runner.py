@@ -40,6 +40,10 @@ from vfnn.campaign.vnncomp import write_vnncomp
 from vfnn.errors import VerifierUnavailable, VfnnError
 from vfnn.verifiers.result import STATUSES
 
+#: Under the output folder: the unstable record of each (model, spec), computed by the first
+#: verifier that needs it (the others of the campaign, portfolio included, read it).
+UNSTABLE_CACHE = Path("cache") / "unstable"
+
 
 def hard_deadline(timeout: float) -> float:
     """When the driver gives up on a task: well after the verifier layer's own deadline and grace."""
@@ -176,7 +180,8 @@ def run_campaign(
         with _ProgressView(console, show_progress, len(todo), recorder) as progress:
             runnable = _record_broken_rows(todo, recorder, progress.tick)
             if runnable:
-                _run_on_backend(make_backend(workers or jobs, dask), runnable, options, recorder, progress.tick)
+                _run_on_backend(make_backend(workers or jobs, dask), runnable, options, recorder, progress.tick,
+                                out / UNSTABLE_CACHE)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -222,11 +227,11 @@ def _record_broken_rows(todo: list[Job], recorder: _Recorder, tick: Callable[[],
 
 
 def _run_on_backend(backend: Backend, jobs: list[Job], options: dict[str, dict[str, Any]], recorder: _Recorder,
-                    tick: Callable[[], None]) -> None:
+                    tick: Callable[[], None], cache: Path | None = None) -> None:
     """Start the backend, run every job on it, and stop it whatever happens (Ctrl-C included)."""
     try:
         backend.start()
-        _Scheduler(backend, jobs, options, recorder, tick).run()
+        _Scheduler(backend, jobs, options, recorder, tick, cache).run()
     finally:
         backend.close()
 
@@ -274,8 +279,9 @@ class _Scheduler:
     when every verifier has answered."""
 
     def __init__(self, backend: Backend, jobs: list[Job], options: dict[str, dict[str, Any]], recorder: _Recorder,
-                 tick: Callable[[], None]) -> None:
+                 tick: Callable[[], None], cache: Path | None = None) -> None:
         self.backend, self.options, self.recorder, self.tick = backend, options, recorder, tick
+        self.cache = None if cache is None else str(cache.resolve())
         self.queue = deque(_JobState(j, list(j.verifiers)) for j in jobs)
         self.active: dict[int, _JobState] = {}
         self.ids = itertools.count()
@@ -292,7 +298,7 @@ class _Scheduler:
             v = st.pending.pop(0)
             inst = st.job.instance
             task = Task(str(inst.model_path), str(inst.spec_path), v, float(st.job.timeout or 0.0),
-                        dict(self.options.get(v, {})))
+                        dict(self.options.get(v, {})), self.cache)
             tid = next(self.ids)
             self.backend.submit(tid, task, hard_deadline(task.timeout))
             st.running[tid] = v
