@@ -99,6 +99,15 @@ def test_spec_path_is_parsed_after_the_model_once(tiny_files: tuple[Path, Path],
     assert log.read_text().splitlines() == [str(model)]
 
 
+def test_the_command_process_imports_neither_torch_nor_onnx() -> None:
+    """`vfnn verify` supervises; torch and onnx (~1.3 s of imports) are its child's: the deadline
+    covers them, and they are paid once (benchmarks/overhead.py measures the rest)."""
+    code = ("import sys, vfnn.cli, vfnn.verify_cli, vfnn.verifiers.base, vfnn.verifiers.process, "
+            "vfnn.verifiers.abcrown; print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
 # -- the command: the process ends within timeout + 2 s -------------------------------------------
 
 def test_verify_process_ends_soon_after_its_timeout(acasxu: Path) -> None:
