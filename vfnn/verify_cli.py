@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vfnn.bounds import METHODS
 from vfnn.campaign.vnncomp import counterexample_text
 from vfnn.errors import ModelError, SpecError, VfnnError
 
@@ -82,7 +83,7 @@ def _save(path: Path, result: VerificationResult) -> str | None:
 @click.option("--opt", "-o", "opts", multiple=True, metavar="KEY=VALUE",
               help="verifier option (repeatable); `vfnn verifiers --options` lists them")
 @click.option("--bounds", "bound_method", default="crown", show_default=True,
-              type=click.Choice(["ibp", "crown", "alpha-crown", "none"]),
+              type=click.Choice([*METHODS, "none"]),
               help="vfnn's bound method for the unstable-neuron record (same for every verifier)")
 @click.option("--json", "as_json", is_flag=True, help="print the full result as JSON")
 @click.option("--save-counterexample", type=click.Path(path_type=Path),
