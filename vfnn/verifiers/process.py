@@ -116,7 +116,6 @@ class ChildOutcome:
     traceback: str = ""
     exitcode: int | None = None
     output_tail: str = ""
-    elapsed: float = 0.0
 
     def describe_death(self) -> str:
         """One line for a child that died: the signal or exit code, and the output tail."""
@@ -275,14 +274,13 @@ class Isolated:
         killed = self.proc.is_alive()
         _kill_group_and_tree(self.proc.pid, killed)  # a timed-out solve, or what a finished one left
         self.proc.join()
-        elapsed = time.monotonic() - self.start
         tail = _tail(self.log_path)
         if not killed and self.result_path.exists():
             with open(self.result_path, "rb") as f:
                 kind, value, tb = pickle.load(f)
-            self._outcome = ChildOutcome(kind, value, tb, self.proc.exitcode, tail, elapsed)
+            self._outcome = ChildOutcome(kind, value, tb, self.proc.exitcode, tail)
         else:
-            self._outcome = ChildOutcome("killed" if killed else "died", None, "", self.proc.exitcode, tail, elapsed)
+            self._outcome = ChildOutcome("killed" if killed else "died", None, "", self.proc.exitcode, tail)
         return self._outcome
 
 
