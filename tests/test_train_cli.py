@@ -63,6 +63,7 @@ def test_progress_output_when_not_quiet(tmp_path: Path, capsys: pytest.CaptureFi
     (["--activation", "paramramp", "--init", "m.onnx"], "--activation and --init exclude each other"),
     (["--activation", "paramramp", "--epochs", "2", "--ramp-warmup", "2"], "--ramp-warmup 2"),
     (["--activation", "paramramp", "--ramp-slope", "1"], "--ramp-slope 1.0"),
+    (["--ramp-noise", "0.01"], "need --activation paramramp"),
 ])
 def test_errors_are_one_clear_line(args: list[str], message: str, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:

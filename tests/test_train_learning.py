@@ -170,3 +170,21 @@ def test_paramramp_trains_exports_as_relus_and_resumes(tmp_path: Path, phase: Ph
     train(tmp_path, "resumed", phases, stop_after=1, **kw)
     train(tmp_path, "resumed", phases, resume=True, **kw)
     assert without_time(metrics(tmp_path / "resumed")) == without_time(metrics(tmp_path / "full"))
+
+
+def test_paramramp_slope_schedule_and_bend_noise_resume_identically(tmp_path: Path) -> None:
+    from vfnn.train.models import ramp_slope_at
+
+    assert [ramp_slope_at(0.01, 0.0, 1, 5, e) for e in range(5)] == pytest.approx([0.01, 0.01, 0.0067, 0.0033, 0.0],
+                                                                                abs=1e-4)
+    assert ramp_slope_at(0.01, None, 1, 5, 4) == 0.01
+    phases = [Phase("ce", (), 3)]
+    kw = {"activation": "paramramp", "ramp_slope": 0.01, "ramp_slope_end": 0.0, "ramp_noise": 0.01,
+          "ramp_warmup": 1, "arch": "fc:24x2"}
+    train(tmp_path, "full", phases, **kw)
+    net = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["network"]
+    slopes = [layer["slope"] for layer in net["layers"] if layer["kind"] == "paramramp"]
+    assert slopes == [0.0, 0.0]  # the last epoch trained at the schedule's end
+    train(tmp_path, "resumed", phases, stop_after=2, **kw)
+    train(tmp_path, "resumed", phases, resume=True, **kw)
+    assert without_time(metrics(tmp_path / "resumed")) == without_time(metrics(tmp_path / "full"))

@@ -102,7 +102,9 @@ class TrainConfig:
     arch: str = "fc:100x3"
     activation: str = "relu"
     ramp_slope: float = 0.01
+    ramp_slope_end: float | None = None  # linear decay of the slope after the warm-up (0.01 -> 0 in the paper)
     ramp_warmup: int = 1
+    ramp_noise: float = 0.0  # Gaussian noise on the bends after each step, times the layer's mean bend
     batch_norm: bool = False
     init: str | None = None
     phases: list[Phase] = field(default_factory=lambda: [Phase("ce", (), 10)])
@@ -149,11 +151,16 @@ class TrainConfig:
             raise TrainConfigError(f"--activation {self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
         if self.batch_norm and self.init is not None:
             raise TrainConfigError("--batch-norm and --init exclude each other: the --init model has its own layers")
+        if self.activation != "paramramp" and (self.ramp_slope_end is not None or self.ramp_noise):
+            raise TrainConfigError("--ramp-slope-end and --ramp-noise need --activation paramramp")
         if self.activation == "paramramp":
             if self.init is not None:
                 raise TrainConfigError("--activation and --init exclude each other: the --init model has its own")
-            if not 0 <= self.ramp_slope < 1:
-                raise TrainConfigError(f"--ramp-slope {self.ramp_slope}: the leaky slope must be in [0, 1)")
+            for flag, v in (("--ramp-slope", self.ramp_slope), ("--ramp-slope-end", self.ramp_slope_end)):
+                if v is not None and not 0 <= v < 1:
+                    raise TrainConfigError(f"{flag} {v}: the leaky slope must be in [0, 1)")
+            if not self.ramp_noise >= 0:
+                raise TrainConfigError(f"--ramp-noise {self.ramp_noise}: must be >= 0")
             if not 0 <= self.ramp_warmup < self.epochs:
                 raise TrainConfigError(f"--ramp-warmup {self.ramp_warmup}: must leave at least one of the "
                                        f"{self.epochs} epochs after the LeakyReLU warm-up")

@@ -94,7 +94,7 @@ def activation_module(activation: str, shape: tuple[int, ...], ramp_slope: float
 def set_ramp_bends(model: nn.Sequential, x: torch.Tensor, batch: int = 1024) -> int:
     """Set every ParamRamp bend to the neuron's mean activation over ``x`` (Lyu et al.'s
     initialisation at the end of the warm-up).  Returns the number of ParamRamp layers."""
-    ramps = [m for m in model if isinstance(m, ParamRampModule)]
+    ramps = ramp_modules(model)
     sums: list[torch.Tensor] = [torch.zeros_like(m.bend) for m in ramps]
     for s in range(0, len(x), batch):
         _, pre = forward_with_preacts(model, x[s: s + batch])
@@ -103,6 +103,24 @@ def set_ramp_bends(model: nn.Sequential, x: torch.Tensor, batch: int = 1024) -> 
     for m, total in zip(ramps, sums, strict=True):
         m.bend.copy_((total / max(len(x), 1)).clamp(min=0))
     return len(ramps)
+
+
+def ramp_modules(model: nn.Sequential) -> list[ParamRampModule]:
+    return [m for m in model if isinstance(m, ParamRampModule)]
+
+
+def ramp_slope_at(start: float, end: float | None, warmup: int, epochs: int, epoch: int) -> float:
+    """ParamRamp's slope in ``epoch``: ``start`` through the warm-up, then linear to ``end`` at the last epoch."""
+    if end is None or epoch <= warmup:
+        return start
+    return start + (end - start) * (epoch - warmup) / max(epochs - 1 - warmup, 1)
+
+
+@torch.no_grad()
+def jitter_ramp_bends(model: nn.Sequential, noise: float) -> None:
+    """Lyu et al.'s fix for over-fitted bends: r += N(0, (noise * mean r of the layer)^2), kept >= 0."""
+    for m in ramp_modules(model):
+        m.bend.add_(torch.randn_like(m.bend) * noise * m.bend.mean()).clamp_(min=0)
 
 
 def build_model(arch: str | Arch, input_shape: tuple[int, ...], n_classes: int,

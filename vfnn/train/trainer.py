@@ -36,7 +36,17 @@ from vfnn.layers import BatchNorm
 from vfnn.train.config import TrainConfig, TrainConfigError, option_owners
 from vfnn.train.data import dataset_info, load_dataset
 from vfnn.train.evaluation import evaluate
-from vfnn.train.models import build_model, load_model, model_from_state, model_state, save_model_pt, set_ramp_bends
+from vfnn.train.models import (
+    build_model,
+    jitter_ramp_bends,
+    load_model,
+    model_from_state,
+    model_state,
+    ramp_modules,
+    ramp_slope_at,
+    save_model_pt,
+    set_ramp_bends,
+)
 from vfnn.train.objectives import OBJECTIVES, Batch
 from vfnn.train.regularisers import REGULARISERS
 from vfnn.train.schedules import phase_at, reg_weight, values_at
@@ -207,8 +217,12 @@ class Trainer:
         seconds = self.seconds_before
         end = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
         for epoch in range(start, end):
-            if cfg.activation == "paramramp" and epoch == cfg.ramp_warmup:
-                set_ramp_bends(self.model, self.x_train)  # end of the LeakyReLU warm-up (Lyu et al.)
+            if cfg.activation == "paramramp":
+                if epoch == cfg.ramp_warmup:
+                    set_ramp_bends(self.model, self.x_train)  # end of the LeakyReLU warm-up (Lyu et al.)
+                slope = ramp_slope_at(cfg.ramp_slope, cfg.ramp_slope_end, cfg.ramp_warmup, cfg.epochs, epoch)
+                for m in ramp_modules(self.model):
+                    m.slope = slope
             _, phase, _ = phase_at(cfg, epoch)
             objective = OBJECTIVES[phase.method].from_table(cfg.options)
             t0 = time.perf_counter()
@@ -259,6 +273,8 @@ class Trainer:
             if cfg.grad_clip and cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.optimizer.step()
+            if cfg.ramp_noise > 0 and epoch >= cfg.ramp_warmup:
+                jitter_ramp_bends(model, cfg.ramp_noise)
             n = len(idx)
             seen += n
             total += float(loss.detach()) * n
