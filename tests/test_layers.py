@@ -273,3 +273,16 @@ def test_torch_settings_vfnn_cannot_represent_are_one_line_errors(module: torch.
 
     with pytest.raises(ModelError, match="module 0"):  # bounds name the module too
         compute_bounds(torch.nn.Sequential(module), torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8))
+
+
+def test_unstable_record_counts_paramramp_neurons_crossing_either_kink() -> None:
+    from vfnn.spec import robustness_spec
+    from vfnn.stats import unstable_record
+
+    eye = np.eye(3, dtype=np.float32)
+    net = Network((3,), (Dense(eye, np.zeros(3, np.float32)), ParamRamp(np.full(3, 0.5, np.float32), 0.01),
+                         Dense(eye[:2], np.zeros(2, np.float32))))
+    # boxes of half-width 0.2 around -0.5 (stable left), 0.5 (crosses r), 0.1 (crosses 0)
+    spec = robustness_spec(np.array([-0.5, 0.5, 0.1]), 0, 0.2, 2, clip=None)
+    layer = unstable_record(net, spec).layers[0]
+    assert (layer.unstable, layer.active, layer.inactive) == (2, 0, 1)

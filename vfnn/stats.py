@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LayerStats:
-    """Counts for one ReLU layer (``layer`` is its position among the ReLU layers, from 0)."""
+    """Counts for one activation layer (``layer`` is its position among them, from 0)."""
 
     layer: int
     neurons: int
-    unstable: int
-    active: int  # l >= 0: the ReLU is the identity on the whole region
-    inactive: int  # u <= 0 (and not l >= 0): the ReLU outputs 0 on the whole region
+    unstable: int  # a kink lies strictly inside the bounds
+    active: int  # stable with l >= 0 (a ReLU is the identity on the whole region)
+    inactive: int  # stable with l < 0, i.e. u <= 0 (a ReLU outputs 0 on the whole region)
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,17 @@ def unstable_record(network: Network, spec: Spec, method: str = "crown") -> Unst
                 if pre else list(b.pre_activation)
             out_lo.append(b.lower[0])
             out_hi.append(b.upper[0])
+    from vfnn.layers import ACTIVATION_MODULES, kind_of_module
+
+    acts = [m for m in model if isinstance(m, ACTIVATION_MODULES)]
     layers = []
-    for i, (lo, up) in enumerate(pre):
+    for i, ((lo, up), act) in enumerate(zip(pre, acts, strict=True)):
+        # unstable: a kink of the activation lies inside the bounds (ReLU: l < 0 < u; ParamRamp also l < r < u)
+        unstable = kind_of_module(act).unstable(act, lo, up).reshape(len(cases), -1)
         lo, up = lo.reshape(len(cases), -1), up.reshape(len(cases), -1)
-        layers.append(LayerStats(i, int(lo.numel()), int(((lo < 0) & (up > 0)).sum()), int((lo >= 0).sum()),
-                                 int((up <= 0).sum() - ((lo >= 0) & (up <= 0)).sum())))
+        active = ~unstable & (lo >= 0)
+        layers.append(LayerStats(i, int(lo.numel()), int(unstable.sum()), int(active.sum()),
+                                 int((~unstable & ~active).sum())))
     out_l = [float(v) for i, r in enumerate(rows) for v in out_lo[i][: r.shape[0]].tolist()]
     out_u = [float(v) for i, r in enumerate(rows) for v in out_hi[i][: r.shape[0]].tolist()]
     return UnstableRecord(method, tuple(layers), tuple(out_l), tuple(out_u))
