@@ -31,7 +31,7 @@ from onnx import TensorProto, helper
 from vfnn.cli import main
 from vfnn.errors import ModelError
 from vfnn.network import AvgPool2d, Conv2d, Dense, Flatten, Network, ReLU
-from vfnn.onnx_io import SUPPORTED_OPS, network_from_onnx, save_onnx
+from vfnn.onnx_io import network_from_onnx, save_onnx, supported_ops
 from vfnn.spec import robustness_spec
 from vfnn.vnnlib import write_vnnlib
 
@@ -184,7 +184,7 @@ def mut_outputs(m, draw) -> None:
 
 def mut_op_type(m, draw) -> None:
     if (node := _node(m, draw)) is not None:
-        node.op_type = draw(st.sampled_from([*SUPPORTED_OPS, "Sigmoid", "MaxPool", "Concat"]))
+        node.op_type = draw(st.sampled_from([*supported_ops(), "Sigmoid", "MaxPool", "Concat"]))
         if draw(st.booleans()):
             node.domain = draw(st.sampled_from(["", "com.example", "ai.onnx"]))
 

@@ -5,8 +5,10 @@ A new kind added to ``vfnn.layers.KINDS`` without an entry in SAMPLES fails
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import io
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
@@ -286,3 +288,114 @@ def test_unstable_record_counts_paramramp_neurons_crossing_either_kink() -> None
     spec = robustness_spec(np.array([-0.5, 0.5, 0.1]), 0, 0.2, 2, clip=None)
     layer = unstable_record(net, spec).layers[0]
     assert (layer.unstable, layer.active, layer.inactive) == (2, 0, 1)
+
+
+# -- a new layer kind in this file alone: registered, then bounds, export, import, milp and model.pt use it --
+class NegateModule(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -x
+
+
+@dataclasses.dataclass(frozen=True)
+class Negate(AffineLayer):
+    """y = -x (ONNX Neg): a toy kind that exists only in this test."""
+
+    kind: ClassVar[str] = "negate"
+    module_types: ClassVar[tuple[type[torch.nn.Module], ...]] = (NegateModule,)
+    onnx_ops: ClassVar[tuple[str, ...]] = ("Neg",)
+
+    def output_shape(self, shape):  # type: ignore[no-untyped-def]
+        return shape
+
+    def to_module(self):  # type: ignore[no-untyped-def]
+        return NegateModule()
+
+    @classmethod
+    def from_module(cls, m):  # type: ignore[no-untyped-def]
+        return cls()
+
+    @classmethod
+    def center(cls, m, x):  # type: ignore[no-untyped-def]
+        return -x
+
+    @classmethod
+    def radius(cls, m, d):  # type: ignore[no-untyped-def]
+        return d
+
+    @classmethod
+    def backward(cls, m, A, in_shape, out_shape):  # type: ignore[no-untyped-def]
+        return -A, None
+
+    def linear_map(self, shape):  # type: ignore[no-untyped-def]
+        idx = np.arange(int(np.prod(shape)))
+        return idx, idx, -np.ones(idx.size), np.zeros(idx.size)
+
+    def to_onnx(self, index, x, y):  # type: ignore[no-untyped-def]
+        return [helper.make_node("Neg", [x], [y])], []
+
+    @classmethod
+    def from_onnx(cls, imp, node):  # type: ignore[no-untyped-def]
+        imp.push(cls(), node)
+
+    def for_marabou(self, shape):  # type: ignore[no-untyped-def]
+        n = int(np.prod(shape))
+        return Dense(-np.eye(n, dtype=np.float32), np.zeros(n, np.float32))
+
+
+@pytest.fixture
+def negate_kind():
+    from vfnn.layers import register_kind
+
+    register_kind(Negate)
+    try:
+        yield Negate
+    finally:
+        KINDS.remove(Negate)
+        del ONNX_OPS["Neg"]
+
+
+def test_a_kind_defined_outside_vfnn_works_everywhere(negate_kind: type[Layer]) -> None:
+    from vfnn.bounds import METHODS, compute_bounds
+    from vfnn.spec import robustness_spec
+    from vfnn.verifiers import get_verifier
+
+    g = np.random.default_rng(5)
+    w1, b1 = g.normal(0, 0.8, (5, 6)).astype(np.float32), g.normal(0, 0.3, 5).astype(np.float32)
+    w2 = g.normal(0, 0.8, (3, 5)).astype(np.float32)
+    net = Network((6,), (Dense(w1, b1), Negate(), ReLU(), Dense(w2, np.zeros(3, np.float32))))
+    folded = Network((6,), (Dense(-w1, -b1), ReLU(), Dense(w2, np.zeros(3, np.float32))))
+    x = g.uniform(0.2, 0.8, (50, 6))
+    assert np.allclose(net.forward(x), folded.forward(x), atol=1e-6)
+    # ONNX: exported with its own operator, read back as the same kind
+    model = network_to_onnx(net)
+    assert "Neg" in {n.op_type for n in model.graph.node}
+    back = network_from_onnx(model)
+    assert any(isinstance(layer, Negate) for layer in back.layers)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.allclose(sess.run(None, {"input": x[:1].astype(np.float32)})[0], net.forward(x[:1]), atol=1e-5)
+    # model.pt form
+    buf = io.BytesIO()
+    torch.save(net.to_state(), buf)
+    buf.seek(0)
+    assert isinstance(Network.from_state(torch.load(buf, weights_only=True)).layers[1], Negate)
+    # bounds: every method is sound and equals the folded network's
+    lo, hi = torch.as_tensor(x.min(0, keepdims=True)), torch.as_tensor(x.max(0, keepdims=True))
+    for method in METHODS:
+        b = compute_bounds(net.to_torch().double(), lo, hi, method=method)
+        f = compute_bounds(folded.to_torch().double(), lo, hi, method=method)
+        assert torch.allclose(b.lower, f.lower, atol=1e-6) and torch.allclose(b.upper, f.upper, atol=1e-6), method
+    # milp decides the same as on the folded network
+    # (solves fork from this process, which has the kind; a plug-in registered through the
+    # ``vfnn.layers`` entry point is in every process anyway)
+    from vfnn.verifiers.process import allow_plain_fork
+
+    label = int(np.argmax(net.forward(x[:1])[0]))
+    previous = allow_plain_fork(True)
+    try:
+        with torch.enable_grad():  # this file's tests run without autograd; the attack needs it
+            for eps in (0.02, 0.5):
+                spec = robustness_spec(x[0], label, eps, 3)
+                a, b = get_verifier("milp").verify(net, spec, 30), get_verifier("milp").verify(folded, spec, 30)
+                assert a.status == b.status and a.status in ("sat", "unsat"), (eps, a.status, a.message)
+    finally:
+        allow_plain_fork(previous)

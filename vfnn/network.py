@@ -6,7 +6,7 @@ layer kind is one class in :mod:`vfnn.layers` that owns all of its forms (torch,
 MILP, Marabou, model.pt); this module only chains them.
 
 Weights are float32 numpy arrays, as in ONNX. ``to_torch`` and ``from_torch`` convert to and
-from a ``torch.nn.Sequential`` made only of the modules listed in :data:`TORCH_MODULES`.
+from a ``torch.nn.Sequential`` made only of the modules of the registered kinds (:func:`vfnn.layers.torch_modules`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from torch import nn
 
 from vfnn.errors import ModelError
 from vfnn.layers import (
-    TORCH_MODULES,
     ActivationLayer,
     AvgPool2d,
     Conv2d,
@@ -35,9 +34,10 @@ from vfnn.layers import (
     leaf_modules,
     per_channel_values,
 )
+from vfnn.layers.affine import fold_affines
 
 __all__ = [
-    "TORCH_MODULES", "AvgPool2d", "Conv2d", "Dense", "ElementwiseAffine", "ElementwiseAffineModule", "Flatten",
+    "AvgPool2d", "Conv2d", "Dense", "ElementwiseAffine", "ElementwiseAffineModule", "Flatten",
     "Layer", "Network", "ReLU", "per_channel_values",
 ]
 
@@ -113,7 +113,7 @@ class Network:
     @staticmethod
     def from_torch(module: nn.Module, input_shape: tuple[int, ...], name: str = "network",
                    simplify: bool = True) -> Network:
-        """Read back a ``nn.Sequential`` made of :data:`TORCH_MODULES` (nesting is flattened;
+        """Read back a ``nn.Sequential`` of the registered kinds' modules (nesting is flattened;
         Identity and Dropout are dropped).  ``simplify=False`` keeps one layer per module, so
         that ``to_torch`` rebuilds the same module structure (what a checkpoint needs)."""
         layers = tuple(layer_of_module(m) for m in leaf_modules(module))
@@ -123,7 +123,7 @@ class Network:
     def simplified(self) -> Network:
         """Fold every ElementwiseAffine into a neighbouring linear layer where that is exact."""
         layers = [layer.for_folding(shape) for layer, shape in zip(self.layers, self.input_shapes(), strict=True)]
-        return Network(self.input_shape, _fold_affines(layers), self.name)
+        return Network(self.input_shape, fold_affines(layers), self.name)
 
     def to_state(self) -> dict[str, Any]:
         """Plain data that ``torch.load(weights_only=True)`` reads (the model.pt form)."""
@@ -140,37 +140,3 @@ class Network:
             raise ModelError("a saved network's 'layers' is not a list")
         return Network(tuple(state["input_shape"]), tuple(layer_from_state(s) for s in layers),
                        str(state.get("name", "network")))
-
-
-def _fold_affines(layers: list[Layer]) -> tuple[Layer, ...]:
-    """Merge ElementwiseAffine layers into a neighbouring linear layer wherever that is exact."""
-    out: list[Layer] = []
-    pending: ElementwiseAffine | None = None  # an affine waiting for a later linear layer
-    for layer in layers:
-        if isinstance(layer, ElementwiseAffine):
-            if layer.is_identity():
-                continue
-            if pending is not None:
-                pending = pending.fold_after(layer)  # type: ignore[assignment]
-                continue
-            merged = out[-1].fold_after(layer) if out else None
-            if merged is not None:
-                out[-1] = merged
-            else:
-                pending = layer
-            continue
-        if pending is not None and isinstance(layer, Flatten):
-            out.append(layer)
-            pending = ElementwiseAffine(pending.scale.reshape(-1), pending.shift.reshape(-1))
-            continue
-        if pending is not None:
-            merged = layer.fold_before(pending)
-            if merged is None:
-                out.append(pending)
-            else:
-                layer = merged
-            pending = None
-        out.append(layer)
-    if pending is not None:
-        out.append(pending)
-    return tuple(out)

@@ -22,7 +22,11 @@ from vfnn.network import Network
 
 # Operators without a layer of their own: read by the importer itself.
 _GRAPH_OPS = ("Constant", "Identity", "Dropout")
-SUPPORTED_OPS: tuple[str, ...] = (*ONNX_OPS, *_GRAPH_OPS)
+
+
+def supported_ops() -> tuple[str, ...]:
+    """Every operator the importer reads: the registered kinds' and the graph's own."""
+    return (*ONNX_OPS, *_GRAPH_OPS)
 EXPORT_OPSET = 13
 
 
@@ -182,8 +186,8 @@ class Importer:
                 self.consts[node.output[0]] = self.constant(node)
                 defined.add(node.output[0])
                 continue
-            if node.op_type not in SUPPORTED_OPS:
-                raise self.fail(node, f"unsupported operator; vfnn supports {', '.join(SUPPORTED_OPS)}")
+            if node.op_type not in supported_ops():
+                raise self.fail(node, f"unsupported operator; vfnn supports {', '.join(supported_ops())}")
             for i in node.input:
                 if i and i not in defined:
                     raise self.fail(node, f"input {i!r} is not an initializer, the graph input or an earlier "
@@ -229,12 +233,10 @@ class Importer:
             raise self.fail(node, f"constant of shape {c.shape} does not broadcast to {self.shape}") from None
 
     def push(self, layer: Layer, node: onnx.NodeProto) -> None:
-        if self.perm is not None and not isinstance(layer, (Flatten, Dense)):
-            raise self.fail(node, "only a flatten and a dense layer may follow a Transpose")
-        if isinstance(layer, Dense) and self.perm is not None:
-            w = np.empty_like(layer.weight)
-            w[:, self.perm] = layer.weight
-            layer, self.perm = Dense(w, layer.bias), None
+        if self.perm is not None:
+            if (permuted := layer.permute_input(self.perm)) is None:
+                raise self.fail(node, "only a flatten and a dense layer may follow a Transpose")
+            layer, self.perm = permuted
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow is refused just below
                 single = Network(self.shape, (layer,))

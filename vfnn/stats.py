@@ -104,9 +104,9 @@ def unstable_record(network: Network, spec: Spec, method: str = "crown") -> Unst
                 if pre else list(b.pre_activation)
             out_lo.append(b.lower[0])
             out_hi.append(b.upper[0])
-    from vfnn.layers import ACTIVATION_MODULES, kind_of_module
+    from vfnn.layers import activation_modules, kind_of_module
 
-    acts = [m for m in model if isinstance(m, ACTIVATION_MODULES)]
+    acts = [m for m in model if isinstance(m, activation_modules())]
     layers = []
     for i, ((lo, up), act) in enumerate(zip(pre, acts, strict=True)):
         # unstable: a kink of the activation lies inside the bounds (ReLU: l < 0 < u; ParamRamp also l < r < u)

@@ -117,7 +117,6 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
     from vfnn.bounds.plan import make_plan
     from vfnn.bounds.propagate import crown_intermediate, crown_output, ibp, relax_layer
     from vfnn.errors import ModelError
-    from vfnn.layers import ReLU
 
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
@@ -130,7 +129,7 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
     upper = upper.to(lower.dtype)
     plan = make_plan(model, tuple(lower.shape[1:]))
-    if method == "alpha-crown" and any(a.kind is not ReLU for a in plan.activations):
+    if method == "alpha-crown" and not all(a.kind.slope_optimisable for a in plan.activations):
         raise ModelError("alpha-crown optimises ReLU slopes only; bound this network with crown")
     C = _spec_matrix(C, lower.shape[0], lower)
     if method == "ibp":

@@ -41,8 +41,8 @@ class Activation:
     kind: type[ActivationLayer]
     module: nn.Module
 
-    def relax(self, lower: torch.Tensor, upper: torch.Tensor) -> Relaxation:
-        return self.kind.relax(self.module, lower, upper)
+    def relax(self, lower: torch.Tensor, upper: torch.Tensor, tight: bool = False) -> Relaxation:
+        return self.kind.relax(self.module, lower, upper, tight)
 
     def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.kind.interval(self.module, lo, hi)

@@ -10,13 +10,12 @@ GEMM or transposed convolution.
 
 from __future__ import annotations
 
-import dataclasses
 from math import prod
 
 import torch
 
 from vfnn.bounds.plan import Affine, Plan
-from vfnn.layers import Conv2d, Dense, Flatten, Relaxation, ReLU
+from vfnn.layers import Relaxation
 
 # Largest number of elements one coefficient tensor may hold before rows are split into chunks.
 ELEMENT_BUDGET = 1 << 25
@@ -57,7 +56,7 @@ def ibp(plan: Plan, lower: torch.Tensor, upper: torch.Tensor,
         pre.append((lo, hi))
         lo, hi = plan.activations[i].interval(lo, hi)
     last = plan.chains[-1]
-    if C is not None and last and last[-1].kind is Dense:
+    if C is not None and last and last[-1].kind.spec_mergeable:
         lo, hi = ibp_chain(last[:-1], lo, hi)
         m = last[-1].module
         W = C @ m.weight.to(C.dtype)
@@ -76,10 +75,7 @@ def relax_layer(plan: Plan, i: int, lower: torch.Tensor, upper: torch.Tensor, ti
     replaces it by slope 0 for unstable neurons (Lyu et al.'s tight line, eta*z with eta = 0),
     whose lines meet IBP's bounds at both ends, which is what makes CROWN/LBP never looser than
     IBP.  Other kinds (ParamRamp) already relax with the tight lines."""
-    rx = plan.relax(i, lower, upper)
-    if tight and plan.activations[i].kind is ReLU:
-        rx = dataclasses.replace(rx, lower_d=rx.lower_d * (~rx.unstable).to(rx.lower_d.dtype))
-    return rx
+    return plan.activations[i].relax(lower, upper, tight)
 
 
 # -- backward (CROWN) -------------------------------------------------------------------------------
@@ -176,9 +172,9 @@ def spec_rows(plan: Plan, C: torch.Tensor | None, dtype: torch.dtype, device: to
 def _ibp_only(chain: list[Affine], first: bool) -> bool:
     """Chains whose pre-activation bounds auto_LiRPA takes from interval arithmetic: reshapes
     only (nothing to relax), and a single Linear/Conv on the input (IBP is exact there)."""
-    if all(a.kind is Flatten for a in chain):
+    if all(a.kind.reshape_only for a in chain):
         return True
-    return first and len(chain) == 1 and chain[0].kind in (Dense, Conv2d)
+    return first and len(chain) == 1 and chain[0].kind.exact_under_ibp
 
 
 def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor,

@@ -1,11 +1,14 @@
 """Layer kinds: one class per kind, each owning every form of itself (see :mod:`vfnn.layers.base`).
 
 :data:`KINDS` is the registry every consumer dispatches through; a new kind is one module here
-plus its entry in :data:`KINDS` (``tests/test_layers.py`` then checks it against the contract).
+plus its entry in :data:`KINDS` (``tests/test_layers.py`` then checks it against the contract), or,
+outside vfnn, one class passed to :func:`register_kind`.
 """
 
 from __future__ import annotations
 
+import warnings
+from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn
@@ -21,22 +24,50 @@ from vfnn.layers.flatten import Flatten
 from vfnn.layers.paramramp import ParamRamp, ParamRampModule
 from vfnn.layers.relu import Relaxation, ReLU
 
-KINDS: tuple[type[Layer], ...] = (Dense, Conv2d, ElementwiseAffine, BatchNorm, AvgPool2d, Flatten, ReLU, ParamRamp)
+# The registry: every consumer dispatches through it, so it is the one place a kind is added.
+KINDS: list[type[Layer]] = [Dense, Conv2d, ElementwiseAffine, BatchNorm, AvgPool2d, Flatten, ReLU, ParamRamp]
 # Modules that compute nothing at inference and are dropped when reading a torch model.
 SKIPPED_MODULES: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout)
-TORCH_MODULES: tuple[type[nn.Module], ...] = tuple(t for k in KINDS for t in k.module_types)
-# The torch modules whose input is a pre-activation (whose neurons can be unstable).
-ACTIVATION_MODULES: tuple[type[nn.Module], ...] = tuple(
-    t for k in KINDS if issubclass(k, ActivationLayer) for t in k.module_types)
-ONNX_OPS: dict[str, type[Layer]] = {op: k for k in KINDS for op in k.onnx_ops}
-_BY_NAME: dict[str, type[Layer]] = {k.kind: k for k in KINDS}
+ONNX_OPS: dict[str, type[Layer]] = {op: k for k in KINDS for op in k.onnx_ops}  # updated in place
+PLUGIN_GROUP = "vfnn.layers"
 
 __all__ = [
-    "ACTIVATION_MODULES", "KINDS", "ONNX_OPS", "SKIPPED_MODULES", "TORCH_MODULES", "ActivationLayer", "AffineLayer",
-    "AvgPool2d", "BatchNorm", "Conv2d", "Dense", "ElementwiseAffine", "ElementwiseAffineModule", "Flatten", "Layer",
-    "ParamRamp", "ParamRampModule", "ReLU", "Relaxation", "Shape", "kind_of_module", "layer_from_state",
-    "layer_of_module", "leaf_modules", "pair", "per_channel_values",
+    "KINDS", "ONNX_OPS", "SKIPPED_MODULES", "ActivationLayer", "AffineLayer", "AvgPool2d", "BatchNorm", "Conv2d",
+    "Dense", "ElementwiseAffine", "ElementwiseAffineModule", "Flatten", "Layer", "ParamRamp", "ParamRampModule",
+    "ReLU", "Relaxation", "Shape", "activation_modules", "kind_of_module", "layer_from_state", "layer_of_module",
+    "leaf_modules", "pair", "per_channel_values", "register_kind", "torch_modules",
 ]
+
+
+def register_kind(kind: type[Layer]) -> type[Layer]:
+    """Add a layer kind (a plug-in, or a test's toy kind); usable as a class decorator."""
+    if any(k.kind == kind.kind for k in KINDS):
+        raise ValueError(f"a layer kind named {kind.kind!r} is registered already")
+    if clash := sorted(set(kind.onnx_ops) & set(ONNX_OPS)):
+        raise ValueError(f"ONNX operators {clash} are imported by another kind already")
+    KINDS.append(kind)
+    ONNX_OPS.update({op: kind for op in kind.onnx_ops})
+    return kind
+
+
+def _load_plugins() -> None:
+    """Kinds that other packages declare under the entry-point group ``vfnn.layers`` (``name =
+    "package.module:Class"``): loaded on import, so every process (solver children included) has them."""
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            register_kind(ep.load())
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break vfnn
+            warnings.warn(f"layer kind plug-in {ep.name!r} ({ep.value}) not loaded: {exc}", stacklevel=2)
+
+
+def torch_modules() -> tuple[type[nn.Module], ...]:
+    """The torch modules some registered kind reads back."""
+    return tuple(t for k in KINDS for t in k.module_types)
+
+
+def activation_modules() -> tuple[type[nn.Module], ...]:
+    """The torch modules whose input is a pre-activation (whose neurons can be unstable)."""
+    return tuple(t for k in KINDS if issubclass(k, ActivationLayer) for t in k.module_types)
 
 
 def kind_of_module(m: nn.Module) -> type[Layer]:
@@ -44,7 +75,7 @@ def kind_of_module(m: nn.Module) -> type[Layer]:
     for k in KINDS:
         if isinstance(m, k.module_types):
             return k
-    supported = ", ".join(t.__name__ for t in (*TORCH_MODULES, *SKIPPED_MODULES))
+    supported = ", ".join(t.__name__ for t in (*torch_modules(), *SKIPPED_MODULES))
     raise ModelError(f"torch module {type(m).__name__} is not supported (supported: {supported})")
 
 
@@ -66,6 +97,10 @@ def leaf_modules(module: nn.Module) -> list[nn.Module]:
 def layer_from_state(state: Any) -> Layer:
     """A layer from its ``model.pt`` state (:meth:`Layer.to_state`)."""
     name = state.get("kind") if isinstance(state, dict) else None
-    if name not in _BY_NAME:
-        raise ModelError(f"unknown layer kind {name!r} in a saved model (known: {', '.join(_BY_NAME)})")
-    return _BY_NAME[name].from_state(state)
+    by_name = {k.kind: k for k in KINDS}
+    if name not in by_name:
+        raise ModelError(f"unknown layer kind {name!r} in a saved model (known: {', '.join(by_name)})")
+    return by_name[name].from_state(state)
+
+
+_load_plugins()

@@ -167,3 +167,38 @@ class ElementwiseAffine(AffineLayer):
         extra = (1,) * (len(shape) - 1)
         imp.push(cls(np.broadcast_to(s.reshape(-1, *extra), shape).copy(),
                      np.broadcast_to((b - mean * s).reshape(-1, *extra), shape).copy()), node)
+
+
+def fold_affines(layers: list[Layer]) -> tuple[Layer, ...]:
+    """Merge ElementwiseAffine layers into a neighbouring linear layer wherever that is exact
+    (each kind says how: ``fold_after``/``fold_before``; a reshape passes the affine on, flattened)."""
+    out: list[Layer] = []
+    pending: ElementwiseAffine | None = None  # an affine waiting for a later linear layer
+    for layer in layers:
+        if isinstance(layer, ElementwiseAffine):
+            if layer.is_identity():
+                continue
+            if pending is not None:
+                pending = pending.fold_after(layer)  # type: ignore[assignment]
+                continue
+            merged = out[-1].fold_after(layer) if out else None
+            if merged is not None:
+                out[-1] = merged
+            else:
+                pending = layer
+            continue
+        if pending is not None and layer.reshape_only:
+            out.append(layer)
+            pending = ElementwiseAffine(pending.scale.reshape(-1), pending.shift.reshape(-1))
+            continue
+        if pending is not None:
+            merged = layer.fold_before(pending)
+            if merged is None:
+                out.append(pending)
+            else:
+                layer = merged
+            pending = None
+        out.append(layer)
+    if pending is not None:
+        out.append(pending)
+    return tuple(out)

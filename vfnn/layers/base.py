@@ -66,6 +66,10 @@ class Layer(ABC):
     kind: ClassVar[str]  # the name in model.pt
     module_types: ClassVar[tuple[type[nn.Module], ...]]  # torch modules this kind reads back
     onnx_ops: ClassVar[tuple[str, ...]]  # ONNX operators whose import this kind owns
+    # Capabilities that consumers ask for instead of testing a layer's class:
+    reshape_only: ClassVar[bool] = False  # moves no value (Flatten): nothing to relax or fold
+    exact_under_ibp: ClassVar[bool] = False  # one affine map of the input box: IBP gives the exact interval
+    spec_mergeable: ClassVar[bool] = False  # a (out, in) ``weight`` matrix that spec rows C can absorb (C @ W)
 
     # -- the Network form ---------------------------------------------------------------------
     @abstractmethod
@@ -144,6 +148,11 @@ class Layer(ABC):
         0) and the input ``shape``.  ``bounds`` (flat, possibly infinite) are pre-activation
         bounds: of the input for an activation, of the output for a layer feeding one."""
 
+    def permute_input(self, perm: np.ndarray) -> tuple[Layer, np.ndarray | None] | None:
+        """This layer reading its flat input through ``perm`` (a pending ONNX Transpose): the new
+        layer and the permutation still pending after it, or None when it cannot absorb one."""
+        return None
+
     def for_marabou(self, shape: Shape) -> Layer:
         """The same function in operators Marabou's ONNX parser reads correctly (default: itself)."""
         return self
@@ -215,10 +224,13 @@ class ActivationLayer(Layer):
     As for :class:`AffineLayer`, the bound maps take the torch module (a trainable activation's
     parameters carry gradients in training)."""
 
+    slope_optimisable: ClassVar[bool] = False  # alpha-CROWN may optimise its lower slopes (ReLU)
+
     @classmethod
     @abstractmethod
-    def relax(cls, m: nn.Module, lower: torch.Tensor, upper: torch.Tensor) -> Any:
-        """CROWN's linear lower and upper bounds of the activation over [lower, upper]."""
+    def relax(cls, m: nn.Module, lower: torch.Tensor, upper: torch.Tensor, tight: bool = False) -> Any:
+        """CROWN's linear lower and upper bounds of the activation over [lower, upper]; ``tight``:
+        Lyu et al.'s lines, which meet IBP's bounds at both ends (CROWN/LBP never looser than IBP)."""
 
     @classmethod
     @abstractmethod

@@ -40,6 +40,7 @@ class Conv2d(AffineLayer):
     kind: ClassVar[str] = "conv2d"
     module_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d,)
     onnx_ops: ClassVar[tuple[str, ...]] = ("Conv",)
+    exact_under_ibp: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         o, c, kh, kw = self.weight.shape

@@ -30,6 +30,8 @@ class Dense(AffineLayer):
     kind: ClassVar[str] = "dense"
     module_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
     onnx_ops: ClassVar[tuple[str, ...]] = ("Gemm", "MatMul")
+    exact_under_ibp: ClassVar[bool] = True
+    spec_mergeable: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         return f"Dense({self.weight.shape[1]}->{self.weight.shape[0]})"
@@ -53,6 +55,11 @@ class Dense(AffineLayer):
     def fold_before(self, aff: Any) -> Layer | None:
         s, t = aff.scale.reshape(-1), aff.shift.reshape(-1)
         return Dense(self.weight * s[None, :], self.bias + self.weight @ t)
+
+    def permute_input(self, perm: np.ndarray) -> tuple[Layer, np.ndarray | None] | None:
+        w = np.empty_like(self.weight)
+        w[:, perm] = self.weight
+        return Dense(w, self.bias), None
 
     # -- torch
     def to_module(self) -> nn.Module:

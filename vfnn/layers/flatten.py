@@ -12,7 +12,7 @@ import torch
 from onnx import helper
 from torch import nn
 
-from vfnn.layers.base import AffineLayer, OnnxPart, Shape
+from vfnn.layers.base import AffineLayer, Layer, OnnxPart, Shape
 
 if TYPE_CHECKING:
     import onnx
@@ -28,9 +28,13 @@ class Flatten(AffineLayer):
     kind: ClassVar[str] = "flatten"
     module_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Flatten,)
     onnx_ops: ClassVar[tuple[str, ...]] = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
+    reshape_only: ClassVar[bool] = True
 
     def output_shape(self, shape: Shape) -> Shape:
         return (int(np.prod(shape)),)
+
+    def permute_input(self, perm: np.ndarray) -> tuple[Layer, np.ndarray | None] | None:
+        return self, perm  # flat order is kept: the permutation waits for the next Dense
 
     # -- torch
     def to_module(self) -> nn.Module:

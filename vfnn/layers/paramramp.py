@@ -96,10 +96,10 @@ class ParamRamp(ActivationLayer):
         return ramp(lo, m.bend, m.slope), ramp(hi, m.bend, m.slope)
 
     @classmethod
-    def relax(cls, m: nn.Module, lower: torch.Tensor, upper: torch.Tensor) -> Relaxation:
-        """The paper's *tight* lines: exact on stable pieces; a chord on the side where the function
-        is convex (across 0) or concave (across r), and slope eta through the kink on the other
-        side.  Each line meets IBP's bound at its end of the interval, so CROWN >= IBP."""
+    def relax(cls, m: nn.Module, lower: torch.Tensor, upper: torch.Tensor, tight: bool = False) -> Relaxation:
+        """The paper's *tight* lines, whatever ``tight`` says: exact on stable pieces; a chord on
+        the side where the function is convex (across 0) or concave (across r), and slope eta
+        through the kink on the other side.  Each line meets IBP's bound at its end of the interval, so CROWN >= IBP."""
         eta = float(m.slope)
         r = m.bend.to(lower.dtype).clamp(min=0).expand_as(lower)
         lo, u = lower, torch.max(upper, lower)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -60,9 +61,15 @@ class ReLU(ActivationLayer):
     def from_module(cls, m: nn.Module) -> ReLU:
         return cls()
 
+    slope_optimisable: ClassVar[bool] = True
+
     @classmethod
-    def relax(cls, m: nn.Module, lower: torch.Tensor, upper: torch.Tensor) -> Relaxation:
-        return Relaxation.of(lower, upper)
+    def relax(cls, m: nn.Module, lower: torch.Tensor, upper: torch.Tensor, tight: bool = False) -> Relaxation:
+        """CROWN's adaptive lower slope (auto_LiRPA's default); ``tight``: slope 0 where unstable."""
+        rx = Relaxation.of(lower, upper)
+        if tight:
+            rx = dataclasses.replace(rx, lower_d=rx.lower_d * (~rx.unstable).to(rx.lower_d.dtype))
+        return rx
 
     @classmethod
     def interval(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vfnn.layers import ACTIVATION_MODULES, kind_of_module
+from vfnn.layers import activation_modules, kind_of_module
 from vfnn.train.attacks import pgd
 from vfnn.train.models import forward_with_preacts, relu_layer_sizes
 from vfnn.train.objectives import input_box, margin_matrix
@@ -44,7 +44,7 @@ def evaluate(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float,
     n = len(y)
     clean = pgd_ok = ibp_ok = crown_ok = 0
     unstable = [0.0] * len(sizes)
-    activations = [m for m in model if isinstance(m, ACTIVATION_MODULES)]
+    activations = [m for m in model if isinstance(m, activation_modules())]
     agree_u = [0.0] * len(sizes)
     agree_a = [0.0] * len(sizes)
     overall_u = overall_a = 0.0

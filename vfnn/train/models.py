@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vfnn.errors import ModelError
-from vfnn.layers import ACTIVATION_MODULES, ParamRampModule
+from vfnn.layers import ParamRampModule, activation_modules
 from vfnn.network import ElementwiseAffineModule, Network
 
 MODEL_FORMAT = "vfnn-model-2"  # 1 stored a layer description and a state_dict
@@ -160,9 +160,9 @@ def build_model(arch: str | Arch, input_shape: tuple[int, ...], n_classes: int,
 
 def forward_with_preacts(model: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Logits and the input of every activation (the pre-activations whose sign is the neuron state)."""
-    pre = []
+    pre, acts = [], activation_modules()
     for m in model:
-        if isinstance(m, ACTIVATION_MODULES):
+        if isinstance(m, acts):
             pre.append(x)
         x = m(x)
     return x, pre

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vfnn.layers import ACTIVATION_MODULES, BatchNorm, leaf_modules
+from vfnn.layers import BatchNorm, activation_modules, leaf_modules
 from vfnn.train.attacks import signed_gradient_ascent, uniform_in_ball
 from vfnn.train.components import Component, TrainConfigError, TrainOption
 from vfnn.train.models import forward_with_preacts
@@ -251,8 +251,9 @@ def batchnorm_gains(model: nn.Sequential) -> list[torch.Tensor | None]:
     the layer's neurons, detached), or None where no batch-norm precedes it."""
     gains: list[torch.Tensor | None] = []
     prev: nn.Module | None = None
+    acts = activation_modules()
     for m in leaf_modules(model):
-        if isinstance(m, ACTIVATION_MODULES):
+        if isinstance(m, acts):
             bn = prev if isinstance(prev, BatchNorm.module_types) and prev.weight is not None else None
             gains.append(None if bn is None else
                          bn.weight.detach().reshape(-1, *([1, 1] if isinstance(bn, nn.BatchNorm2d) else [])))
