@@ -226,7 +226,7 @@ def test_paramramp_network_bounds_are_sound_and_crown_beats_ibp(seed: int) -> No
         compute_bounds(model, lo, hi, method="alpha-crown")
 
 
-def test_paramramp_milp_agrees_with_the_exported_relu_graph() -> None:
+def test_paramramp_milp_agrees_with_the_exported_relu_graph_and_marabou() -> None:
     from vfnn.spec import robustness_spec
     from vfnn.verifiers import get_verifier
 
@@ -235,11 +235,15 @@ def test_paramramp_milp_agrees_with_the_exported_relu_graph() -> None:
     assert not any(isinstance(layer, ParamRamp) for layer in relu_net.layers)
     x = np.random.default_rng(1).uniform(-1, 1, 6)
     label = int(np.argmax(net.forward(x[None])[0]))
+    marabou = get_verifier("marabou")
     for eps in (0.05, 0.4):
-        spec = robustness_spec(x, label, eps, 3)
+        spec = robustness_spec(x, label, eps, 3, clip=None)
         a = get_verifier("milp").verify(net, spec, 60)
         b = get_verifier("milp").verify(relu_net, spec, 60)
         assert a.status == b.status and a.status in ("sat", "unsat"), (eps, a.status, b.status, a.message)
+        if marabou.availability().available:  # Marabou reads the exported ReLU graph unchanged
+            m = marabou.verify(net, spec, 60, {"margin": 1e-6}, unstable_method=None)
+            assert m.status == a.status, (eps, m.status, m.message)
 
 
 def test_batch_norm_folds_into_the_layer_before_it() -> None:
