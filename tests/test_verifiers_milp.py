@@ -86,3 +86,22 @@ def test_several_input_regions_report_the_violated_one(verifier: str) -> None:
     assert r.status == "sat" and r.case_index == 2
     r = get_verifier(verifier).verify(net, Spec((safe_box, no_unsafe), 2, 2), 30)
     assert r.status == "unsat"
+
+
+def test_verdicts_without_presolve_equal_those_with_it() -> None:
+    """The default (HiGHS presolve off) changes speed, never a verdict."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    milp = get_verifier("milp")
+    seen = []
+    for k in range(8):
+        net = random_net(rng, 3 + k % 3, [12, 12], 4)
+        x = rng.uniform(0.2, 0.8, net.input_size)
+        label = int(np.argmax(net.forward(x[None])[0]))
+        spec = robustness_spec(x, label, [0.02, 0.1][k % 2], 4)
+        opts = {"attack_steps": 0, "split_max_inputs": 0}  # every verdict from one MILP per disjunct
+        new = milp.verify(net, spec, 60, opts, unstable_method=None)
+        old = milp.verify(net, spec, 60, {**opts, "presolve": True}, unstable_method=None)
+        assert new.status == old.status, (k, new.message, old.message)
+        seen.append(new.status)
+    assert {"sat", "unsat"} <= set(seen)

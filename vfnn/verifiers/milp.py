@@ -52,6 +52,8 @@ class MilpVerifier(Verifier):
         Option("batch", int, 256, "input boxes bounded together in one batch"),
         Option("split_max_inputs", int, 16, "bisect input boxes (BaB on inputs) for at most this many inputs"),
         Option("split_binaries", int, 24, "split a box while its MILP would have more binaries than this"),
+        Option("presolve", bool, False, "HiGHS presolve of each MILP (off: on 784-input MLPs it spends seconds "
+               "on the dense first layer, and the MILPs that finish take 1.3-2.1x longer with it)"),
         Option("early_stop", bool, True, "stop each MILP once its sign is settled (objective bound/target)"),
         Option("seed", int, 0, "random seed of the attack"),
     )
@@ -125,7 +127,7 @@ class MilpVerifier(Verifier):
                         if left <= 0:
                             return done("timeout")
                         status, x, nodes = encoding.solve(case.unsafe[d], left, options["threads"],
-                                                          options["early_stop"])
+                                                          options["early_stop"], options["presolve"])
                         stats["milps"] += 1
                         stats["nodes"] += nodes
                         if status == "sat":
@@ -248,8 +250,8 @@ class Encoding:
         self.outputs = v
 
     # -- solving ---------------------------------------------------------------------------------
-    def solve(self, disjunct: Halfspaces, time_limit: float, threads: int, early_stop: bool
-              ) -> tuple[str, np.ndarray | None, int]:
+    def solve(self, disjunct: Halfspaces, time_limit: float, threads: int, early_stop: bool,
+              presolve: bool = False) -> tuple[str, np.ndarray | None, int]:
         """Minimise the margin of ``disjunct``; ``("sat", x)``, ``("unsat", None)``, or why not."""
         import highspy
 
@@ -294,6 +296,7 @@ class Encoding:
         h.setOptionValue("threads", int(threads))
         h.setOptionValue("time_limit", max(0.01, float(time_limit)))
         h.setOptionValue("random_seed", 0)
+        h.setOptionValue("presolve", "on" if presolve else "off")
         if early_stop:
             h.setOptionValue("objective_bound", CUTOFF)
             h.setOptionValue("objective_target", 0.0)
