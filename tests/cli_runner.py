@@ -1,4 +1,5 @@
-"""Test helpers: `vfnn ARGS` run in-process through the real entry point; whether a process still runs."""
+"""Test helpers: `vfnn ARGS` run in-process through the real entry point; whether a process still runs; a
+results file written by the campaign store."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from vfnn.campaign.store import CampaignRecord, ResultStore
 from vfnn.cli import main
 
 
@@ -27,3 +29,13 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def write_records(path: Path, records: list[CampaignRecord]) -> Path:
+    """A results file holding exactly these records, written by the store (the only writer)."""
+    path.unlink(missing_ok=True)
+    with ResultStore(path) as store:
+        store.open_for_append()
+        for r in records:
+            store.append(r)
+    return path

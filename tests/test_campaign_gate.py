@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from cli_runner import write_records
 from click.testing import CliRunner
 
 from vfnn.campaign.gate import Thresholds, evaluate
@@ -28,19 +29,9 @@ def rec(spec: str, status: str, verifier: str = "milp", t: float = 1.0, model: s
                           meta=PropertyMeta(eps=eps), model=ModelInfo(model, method))
 
 
-def write(path: Path, records: list[CampaignRecord]) -> Path:
-    """A results file with these records, written by the store (the only writer)."""
-    path.unlink(missing_ok=True)
-    with ResultStore(path) as store:
-        store.open_for_append()
-        for r in records:
-            store.append(r)
-    return path
-
-
 def test_store_torn_tail_last_wins_and_lock(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
-    write(path, [rec("a", "timeout"), rec("b", "unsat"), rec("a", "unsat")])
+    write_records(path, [rec("a", "timeout"), rec("b", "unsat"), rec("a", "unsat")])
     with open(path, "ab") as f:
         f.write(b'{"key": "c", "resu')  # a write cut short by SIGKILL
     latest = load_latest(path)
@@ -76,7 +67,7 @@ def test_gate_thresholds_and_messages(tmp_path: Path) -> None:
 def test_gate_cli_exit_codes_and_junit(tmp_path: Path) -> None:
     records = [rec("v0.vnnlib", "unsat"), rec("v1.vnnlib", "unsat"), rec("f.vnnlib", "sat"),
                rec("t.vnnlib", "timeout"), rec("u.vnnlib", "unknown"), rec("e.vnnlib", "error", model="other")]
-    results = write(tmp_path / "results.jsonl", records)
+    results = write_records(tmp_path / "results.jsonl", records)
     runner = CliRunner()
     r = runner.invoke(cli, ["gate", str(results), "--min-verified", "0.3", "--junit", str(tmp_path / "j.xml")])
     assert r.exit_code == 0, r.output
@@ -100,7 +91,7 @@ def test_gate_cli_exit_codes_and_junit(tmp_path: Path) -> None:
 
 
 def test_gate_counts_missing_properties(tmp_path: Path) -> None:
-    results = write(tmp_path / "results.jsonl", [rec("a.vnnlib", "unsat")])
+    results = write_records(tmp_path / "results.jsonl", [rec("a.vnnlib", "unsat")])
     (tmp_path / "instances.csv").write_text("net.onnx,a.vnnlib,10\nnet.onnx,b.vnnlib,10\n")
     r = CliRunner().invoke(cli, ["gate", str(results), "--min-verified", "0.5", "--max-errors", "0",
                                  "--instances", str(tmp_path / "instances.csv")])
@@ -113,7 +104,7 @@ def test_report_tables_figures_markdown(tmp_path: Path) -> None:
                for m, meth in (("ce_net", "ce"), ("nbc_net", "ce+nbc"))
                for i, (e, st, t) in enumerate([(0.02, "unsat", 0.5), (0.05, "unsat", 1.5), (0.05, "sat", 0.2),
                                                (0.1, "timeout", 10.0)])]
-    results = write(tmp_path / "results.jsonl", records)
+    results = write_records(tmp_path / "results.jsonl", records)
     r = CliRunner().invoke(cli, ["report", str(results), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert "Results per training method" in r.output and "ce+nbc" in r.output

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, write_records
 
 from vfnn.campaign import reports
 from vfnn.campaign.backend import Backend
@@ -48,17 +48,9 @@ def _record(**changes: object) -> CampaignRecord:
     return replace(rec, **changes)
 
 
-def _write(path: Path, records: list[CampaignRecord]) -> Path:
-    with ResultStore(path) as store:
-        store.open_for_append()
-        for r in records:
-            store.append(r)
-    return path
-
-
 def test_a_record_comes_back_from_the_store_unchanged(tmp_path: Path) -> None:
     rec = _record()
-    path = _write(tmp_path / "results.jsonl", [rec])
+    path = write_records(tmp_path / "results.jsonl", [rec])
     (back,) = load_records(path)
     assert back == rec
     assert (back.status, back.decided, back.eps, back.model_name, back.method) == ("sat", True, 0.05, "run", "ce+nbc")
@@ -71,7 +63,7 @@ def test_a_record_comes_back_from_the_store_unchanged(tmp_path: Path) -> None:
 def test_non_finite_numbers_are_null_in_the_file_and_read_back(tmp_path: Path) -> None:
     res = replace(_record().result, status="timeout", timeout=math.inf, counterexample_input=None,
                   unstable=replace(_record().result.unstable, output_lower=(-math.inf,)))
-    path = _write(tmp_path / "results.jsonl", [_record(result=res)])
+    path = write_records(tmp_path / "results.jsonl", [_record(result=res)])
     text = path.read_text()
     assert "Infinity" not in text and json.loads(text)["result"]["timeout"] is None
     (back,) = load_records(path)
@@ -87,7 +79,7 @@ def test_results_written_by_the_code_before_typed_records_still_load_and_rewrite
     assert sat.model.train_arch == "fc:6" and sat.result.counterexample_input and sat.unstable_total == 1
     assert pf.portfolio.winner == "milp" and pf.portfolio.results["marabou"] == {"status": "stopped"}
     # The store writes these records back as the very same JSON objects: the file format did not change.
-    again = _write(tmp_path / "again.jsonl", recs)
+    again = write_records(tmp_path / "again.jsonl", recs)
     old_lines = [json.loads(x) for x in OLD.read_text().splitlines()]
     assert [json.loads(x) for x in again.read_text().splitlines()] == old_lines
 
@@ -145,7 +137,7 @@ def test_both_backends_have_the_interface_the_driver_uses() -> None:
 
 
 def test_report_names_come_from_the_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = _write(tmp_path / "results.jsonl", [_record()])
+    path = write_records(tmp_path / "results.jsonl", [_record()])
     code, out, _ = run_cli(["report", "--list"], capsys)
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == [e.name for e in reports.entries()]
@@ -168,7 +160,7 @@ def test_a_new_table_is_one_registered_function(tmp_path: Path, monkeypatch: pyt
         """Jobs per host."""
         return reports.Table("Jobs per host", ("host", "jobs"), [[r.host or "-", "1"] for r in records], left=1)
 
-    path = _write(tmp_path / "results.jsonl", [_record()])
+    path = write_records(tmp_path / "results.jsonl", [_record()])
     code, out, err = run_cli(["report", str(path), "--only", "hosts", "--out", str(tmp_path / "o")], capsys)
     assert code == 0, err
     assert "Jobs per host" in out
