@@ -111,3 +111,23 @@ def test_cli_size_mismatch_is_one_line_exit_2(files, tmp_path) -> None:
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "inputs" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_reads_a_model_pt_and_counts_paramramp_neurons_as_trained(tmp_path) -> None:
+    """model.pt keeps ParamRamp layers (16 neurons each); its model.onnx form has 3 ReLUs per neuron."""
+    from vfnn.layers import ParamRampModule
+    from vfnn.train.models import build_model, save_model_pt, set_ramp_bends
+
+    torch.manual_seed(0)
+    model = build_model("fc:16x2", (1, 8, 8), 10, [0.3], [0.3], "paramramp", 0.01)
+    set_ramp_bends(model, torch.rand(32, 1, 8, 8))
+    assert sum(isinstance(m, ParamRampModule) for m in model) == 2
+    pt = save_model_pt(tmp_path / "model.pt", model, {"input_shape": [1, 8, 8], "n_classes": 10})
+    spec = write_vnnlib(robustness_spec(np.full(64, 0.5), 3, 0.05, 10), tmp_path / "s.vnnlib")
+    out = CliRunner().invoke(cli, ["stats", str(pt), str(spec), "--json"])
+    assert out.exit_code == 0, out.output
+    layers = json.loads(out.output)["layers"]
+    assert [layer["neurons"] for layer in layers] == [16, 16]
+    onnx_path = save_onnx(Network.from_torch(model, (1, 8, 8)), tmp_path / "model.onnx")
+    out = CliRunner().invoke(cli, ["stats", str(onnx_path), str(spec), "--json"])
+    assert [layer["neurons"] for layer in json.loads(out.output)["layers"]] == [48, 48]

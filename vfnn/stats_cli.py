@@ -23,12 +23,14 @@ if TYPE_CHECKING:
               show_default=True, help="Bound method for the pre-activation and output bounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the UnstableRecord as JSON instead of a table.")
 def stats(model: str, spec: str, method: str, as_json: bool) -> None:
-    """Per ReLU layer: unstable (l < 0 < u), always-active and always-inactive neurons of MODEL
-    (ONNX) over the input region of SPEC (VNN-LIB), and bounds of SPEC's output constraints."""
+    """Per activation layer: unstable (a kink inside the bounds: l < 0 < u for a ReLU), always-active
+    and always-inactive neurons of MODEL (ONNX, or a vfnn model.pt, whose ParamRamp layers are counted
+    as trained rather than as their exported ReLUs) over the input region of SPEC (VNN-LIB), and
+    bounds of SPEC's output constraints."""
     from vfnn.stats import unstable_record
     from vfnn.vnnlib import input_file, read_vnnlib
 
-    model_path, spec_path = input_file(model, "the ONNX model"), input_file(spec, "the VNN-LIB spec")
+    model_path, spec_path = input_file(model, "the model"), input_file(spec, "the VNN-LIB spec")
     net = _load_model(model_path)
     prop = read_vnnlib(spec_path)
     prop.check_fits(net.input_size, net.output_size, model)
@@ -40,11 +42,17 @@ def stats(model: str, spec: str, method: str, as_json: bool) -> None:
 
 
 def _load_model(path: Path) -> Network:
-    """The ONNX model at ``path``; a FIFO is read through ``read_bytes``, which gives up on a pipe
-    that nobody writes to instead of blocking forever."""
+    """The ONNX model or vfnn model.pt at ``path``; a FIFO (ONNX only) is read through
+    ``read_bytes``, which gives up on a pipe that nobody writes to instead of blocking forever."""
     from vfnn.onnx_io import load_onnx, network_from_onnx
     from vfnn.vnnlib import read_bytes
 
+    if path.suffix.lower() == ".pt":
+        from vfnn.network import Network as Net
+        from vfnn.train.models import load_model
+
+        module, meta = load_model(path)
+        return Net.from_torch(module, tuple(meta["input_shape"]), name=path.parent.name or path.stem)
     if not stat.S_ISFIFO(path.stat().st_mode):
         return load_onnx(path)
     import onnx
