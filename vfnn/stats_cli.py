@@ -30,7 +30,7 @@ def stats(model: str, spec: str, method: str, as_json: bool) -> None:
     from vfnn.stats import unstable_record
     from vfnn.vnnlib import input_file, read_vnnlib
 
-    model_path, spec_path = input_file(model, "the model"), input_file(spec, "the VNN-LIB spec")
+    model_path, spec_path = input_file(model, "the ONNX model or model.pt"), input_file(spec, "the VNN-LIB spec")
     net = _load_model(model_path)
     prop = read_vnnlib(spec_path)
     prop.check_fits(net.input_size, net.output_size, model)
