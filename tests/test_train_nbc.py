@@ -128,10 +128,17 @@ def test_persistent_neighbours_stay_in_ball_and_climb_the_disagreement(net: torc
     assert again > before  # the neighbours now disagree more with their images
     x_n = (x_all[idx] + 0.1 * moved[idx].float()).clamp(0, 1)
     assert (x_n - x_all[idx]).abs().max() <= 0.1 + 1e-6
-    assert reg.state()["offsets"].dtype == torch.float16
+    assert reg.state()["offsets"].dtype == torch.bfloat16
+    assert reg.drawn.tolist() == [10 <= i < 42 for i in range(50)]  # starts drawn for the batch's images only
     fresh = NBC({"neighbours": "persistent"}, weight=1.0)
     fresh.load_state(reg.state())
-    assert torch.equal(fresh.offsets, reg.offsets)
+    assert torch.equal(fresh.offsets, reg.offsets) and torch.equal(fresh.drawn, reg.drawn)
+    old = NBC({"neighbours": "persistent"}, weight=1.0)  # a checkpoint from before per-image starts
+    old.load_state({"offsets": reg.offsets.to(torch.float16)})
+    assert old.offsets.dtype == torch.bfloat16 and bool(old.drawn.all())
+    later = Batch(x_all[:8], torch.zeros(8, dtype=torch.long), torch.arange(8), len(x_all), 2)
+    reg.loss(net, later, AT_01)  # images 0-7 get their start now; the others keep theirs
+    assert reg.drawn[:8].all() and reg.offsets[:8].abs().max() > 0 and torch.equal(reg.offsets[8:], moved[8:])
 
 
 def test_nbc_every_k_skips_batches() -> None:

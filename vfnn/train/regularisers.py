@@ -39,6 +39,9 @@ from vfnn.train.models import forward_with_preacts
 from vfnn.train.objectives import Batch, ScheduleValues, input_box
 
 NEIGHBOUR_KINDS = ("uniform", "adversarial", "both", "persistent")
+# Persistent offsets in [-1, 1]: bfloat16 halves float32's memory (94 MB for MNIST) and, unlike
+# float16, converts fast on CPU (a batch's gather + update 0.27 ms against 0.75 ms).
+OFFSET_DTYPE = torch.bfloat16
 
 
 def normalised_weights(n_layers: int, weights: tuple[float, ...] | None) -> list[float]:
@@ -163,6 +166,7 @@ class NBC(Regulariser):
         super().__init__(settings, weight)
         # persistent neighbours: offsets u in [-1, 1]^d per training image, neighbour = clip(x + eps * u)
         self.offsets: torch.Tensor | None = None
+        self.drawn = torch.zeros(0, dtype=torch.bool)  # which offsets have had their uniform start
 
     @classmethod
     def check_options(cls, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,27 +200,41 @@ class NBC(Regulariser):
         return opts["every"] * nbc_surrogate(z_x, z_n, opts["c"], weights)
 
     def _persistent_neighbours(self, batch: Batch, eps: float) -> torch.Tensor:
-        """The images' stored neighbours; the backward pass moves each offset one step up its gradient."""
+        """The images' stored neighbours; the backward pass moves each offset one step up its gradient.
+
+        An image's offset gets its uniform start when its first NBC batch comes (from the per-epoch
+        seeded global stream), not all at once: with ``every`` K only a K-th of the images are seen
+        in an epoch, and drawing 60000 MNIST offsets up front cost half a CE epoch."""
         if batch.index is None:
             raise ValueError("persistent NBC neighbours need the batch's training-set indices")
-        if self.offsets is None:  # a uniform start, drawn from the (per-epoch seeded) global stream
-            shape = (batch.n_total, *batch.x.shape[1:])
-            self.offsets = (torch.rand(shape, device=batch.x.device) * 2 - 1).to(torch.float16)
+        if self.offsets is None:
+            self.offsets = torch.zeros((batch.n_total, *batch.x.shape[1:]), dtype=OFFSET_DTYPE, device=batch.x.device)
+            self.drawn = torch.zeros(batch.n_total, dtype=torch.bool, device=batch.x.device)
         idx = batch.index
         u = self.offsets[idx].to(batch.x.dtype)
+        new = ~self.drawn[idx]
+        if bool(new.any()):
+            u[new] = torch.rand((int(new.sum()), *u.shape[1:]), device=u.device) * 2 - 1
+            self.offsets[idx[new]] = u[new].to(OFFSET_DTYPE)
+            self.drawn[idx] = True
         x_n = (batch.x + eps * u).clamp(0.0, 1.0).requires_grad_(True)
 
         def step(grad: torch.Tensor) -> None:  # grad of (CE + w * L_NBC): its sign raises the disagreement
-            self.offsets[idx] = (u + grad.sign()).clamp(-1.0, 1.0).to(torch.float16)
+            self.offsets[idx] = (u + grad.sign()).clamp(-1.0, 1.0).to(OFFSET_DTYPE)
 
         x_n.register_hook(step)
         return x_n
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {} if self.offsets is None else {"offsets": self.offsets.detach().cpu()}
+        if self.offsets is None:
+            return {}
+        return {"offsets": self.offsets.detach().cpu(), "drawn": self.drawn.cpu()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.offsets = state.get("offsets")
+        if self.offsets is not None:  # checkpoints before Dec 2026: float16, every offset drawn
+            self.offsets = self.offsets.to(OFFSET_DTYPE)
+            self.drawn = state.get("drawn", torch.ones(self.offsets.shape[0], dtype=torch.bool))
 
 
 class RS(Regulariser):
