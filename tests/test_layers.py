@@ -165,19 +165,41 @@ def test_activation_relaxation_bounds_the_activation(layer: ActivationLayer, sha
     kind, m = type(layer), layer.to_module().double()
     lo = torch.as_tensor(rng.uniform(-2, 1, (4, *shape)))
     hi = lo + torch.as_tensor(rng.uniform(0, 2, (4, *shape)))
-    r = kind.relax(m, lo, hi)
     ilo, ihi = kind.interval(m, lo, hi)
-    # a neuron is stable exactly where its two lines coincide (the activation is linear on the box)
     stable = ~kind.unstable(m, lo, hi)
-    lower_b = torch.zeros_like(lo) if r.lower_b is None else r.lower_b
-    assert torch.allclose(r.lower_d[stable], r.upper_d[stable]) and torch.allclose(lower_b[stable], r.upper_b[stable])
     assert stable.any() and (~stable).any()
-    for t in np.linspace(0, 1, 11):
-        z = lo + (hi - lo) * t
-        y = m(z)
-        low = r.lower_d * z + (0 if r.lower_b is None else r.lower_b)
-        assert (low <= y + 1e-9).all() and (y <= r.upper_d * z + r.upper_b + 1e-9).all()
-        assert (ilo <= y + 1e-12).all() and (y <= ihi + 1e-12).all()
+    for tight in (False, True):  # CROWN's adaptive lines and Lyu et al.'s tight ones
+        r = kind.relax(m, lo, hi, tight)
+        # a neuron is stable exactly where its two lines coincide (the activation is linear on the box)
+        lower_b = torch.zeros_like(lo) if r.lower_b is None else r.lower_b
+        assert torch.allclose(r.lower_d[stable], r.upper_d[stable])
+        assert torch.allclose(lower_b[stable], r.upper_b[stable])
+        assert torch.equal(r.unstable, ~stable)
+        for t in np.linspace(0, 1, 11):
+            z = lo + (hi - lo) * t
+            y = m(z)
+            low = r.lower_d * z + (0 if r.lower_b is None else r.lower_b)
+            assert (low <= y + 1e-9).all() and (y <= r.upper_d * z + r.upper_b + 1e-9).all()
+            assert (ilo <= y + 1e-12).all() and (y <= ihi + 1e-12).all()
+
+
+@pytest.mark.parametrize("layer, shape", [c for c in CASES if isinstance(c.values[0], ActivationLayer)])
+def test_activation_states_partition_the_neurons(layer: ActivationLayer, shape: tuple[int, ...]) -> None:
+    """``states`` (what ``vfnn stats`` counts): one mask per ``state_names`` entry, every neuron in
+    exactly one, the ``unstable_states`` together exactly :meth:`unstable`, also on bounds ending
+    exactly at 0."""
+    kind, m = type(layer), layer.to_module().double()
+    lo = torch.as_tensor(rng.uniform(-2, 1, (6, *shape)))
+    hi = lo + torch.as_tensor(rng.uniform(0, 2, (6, *shape)))
+    lo[0], hi[1], hi[2] = 0.0, 0.0, lo[2]  # edges on the kink at 0, and single points
+    lo[1] = lo[1].clamp(max=0)
+    states = kind.states(m, lo, hi)
+    assert tuple(states) == kind.state_names and set(kind.unstable_states) <= set(kind.state_names)
+    assert torch.equal(sum(v.long() for v in states.values()), torch.ones_like(lo, dtype=torch.long))
+    unstable = torch.zeros_like(lo, dtype=torch.bool)
+    for name in kind.unstable_states:
+        unstable |= states[name]
+    assert torch.equal(unstable, kind.unstable(m, lo, hi))
 
 
 @pytest.mark.parametrize("layer, shape", CASES)
@@ -215,12 +237,14 @@ def test_paramramp_network_bounds_are_sound_and_crown_beats_ibp(seed: int) -> No
     model = net.to_torch().double()
     ibp = compute_bounds(model, lo, hi, method="ibp")
     crown = compute_bounds(model, lo, hi, method="crown", intersect_ibp=False)
+    tight = compute_bounds(model, lo, hi, method="crown", intersect_ibp=False, relaxation="tight")
     xs = lo.numpy()[:, None] + (hi - lo).numpy()[:, None] * g.uniform(0, 1, (2, 500, 6))
     ys = np.stack([net.forward(x) for x in xs])
-    for b in (ibp, crown):
+    for b in (ibp, crown, tight):
         assert (b.lower.numpy()[:, None] <= ys + 1e-7).all() and (ys <= b.upper.numpy()[:, None] + 1e-7).all()
     # tight lines: CROWN is never looser than IBP on the pre-activations it computes from IBP's
-    crown_ibp = compute_bounds(model, lo, hi, method="crown-ibp")
+    # (the default, adaptive, lines can be: as for ReLU, the tight ones are what Theorem 2 needs)
+    crown_ibp = compute_bounds(model, lo, hi, method="crown-ibp", relaxation="tight")
     assert (crown_ibp.lower >= ibp.lower - 1e-7).all() and (crown_ibp.upper <= ibp.upper + 1e-7).all()
     with pytest.raises(ModelError, match="alpha-crown"):
         compute_bounds(model, lo, hi, method="alpha-crown")
@@ -292,6 +316,7 @@ def test_unstable_record_counts_paramramp_neurons_crossing_either_kink() -> None
     spec = robustness_spec(np.array([-0.5, 0.5, 0.1]), 0, 0.2, 2, clip=None)
     layer = unstable_record(net, spec).layers[0]
     assert (layer.unstable, layer.active, layer.inactive) == (2, 0, 1)
+    assert layer.states == {"left": 1, "middle": 0, "right": 0, "left-unstable": 1, "right-unstable": 1, "both": 0}
 
 
 # -- a new layer kind in this file alone: registered, then bounds, export, import, milp and model.pt use it --

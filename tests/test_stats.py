@@ -15,7 +15,7 @@ from vfnn.errors import SpecError
 from vfnn.network import Conv2d, Dense, Flatten, Network, ReLU
 from vfnn.onnx_io import save_onnx
 from vfnn.spec import Halfspaces, Spec, SpecCase, robustness_spec
-from vfnn.stats import UnstableRecord, unstable_record
+from vfnn.stats import LayerStats, UnstableRecord, unstable_record
 from vfnn.vnnlib import write_vnnlib
 
 
@@ -131,3 +131,57 @@ def test_cli_reads_a_model_pt_and_counts_paramramp_neurons_as_trained(tmp_path) 
     onnx_path = save_onnx(Network.from_torch(model, (1, 8, 8)), tmp_path / "model.onnx")
     out = CliRunner().invoke(cli, ["stats", str(onnx_path), str(spec), "--json"])
     assert [layer["neurons"] for layer in json.loads(out.output)["layers"]] == [48, 48]
+
+
+def test_a_record_written_before_the_state_counts_still_loads() -> None:
+    """Results files of old campaigns hold layers without ``kind``/``states``; they load with
+    those empty, and a record round-trips with them."""
+    old = {"method": "crown", "layers": [{"layer": 0, "neurons": 10, "unstable": 3, "active": 5, "inactive": 2}],
+           "output_lower": [-1.0], "output_upper": [2.0], "total_unstable": 3, "total_neurons": 10}
+    rec = UnstableRecord.from_dict(old)
+    assert rec.layers[0] == LayerStats(0, 10, 3, 5, 2) and rec.layers[0].states == {} and rec.layers[0].kind == ""
+    assert rec.unstable == 3 and rec.state_totals() == {}
+    new = unstable_record(_net(), robustness_spec(np.random.default_rng(1).uniform(size=36), 2, 0.1, 4))
+    assert [s.kind for s in new.layers] == ["relu", "relu"]
+    assert all(s.states == {"inactive": s.inactive, "active": s.active, "unstable": s.unstable} for s in new.layers)
+    assert UnstableRecord.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+
+
+def _ramp_model_pt(tmp_path):  # noqa: ANN001, ANN202 - a fixture-like helper
+    """A 6-8-5-3 ParamRamp net saved as model.pt, with a spec whose box leaves neurons in several states."""
+    from vfnn.layers import ParamRamp
+    from vfnn.train.models import save_model_pt
+
+    g, f = np.random.default_rng(0), np.float32
+    net = Network((6,), (Dense(g.normal(0, 1, (8, 6)).astype(f), g.normal(0, 0.3, 8).astype(f)),
+                         ParamRamp(g.uniform(0, 0.6, 8).astype(f), 0.01),
+                         Dense(g.normal(0, 1, (5, 8)).astype(f), np.zeros(5, f)),
+                         ParamRamp(g.uniform(0, 0.6, 5).astype(f), 0.0), Dense(g.normal(0, 1, (3, 5)).astype(f),
+                                                                                np.zeros(3, f))))
+    pt = save_model_pt(tmp_path / "model.pt", net.to_torch(), {"input_shape": [6], "n_classes": 3})
+    spec = robustness_spec(np.full(6, 0.5), 0, 0.2, 3)
+    return net, spec, pt, write_vnnlib(spec, tmp_path / "s.vnnlib")
+
+
+def test_cli_prints_the_paramramp_states_in_the_table_and_the_json(tmp_path) -> None:
+    net, spec, pt, vnnlib = _ramp_model_pt(tmp_path)
+    want = unstable_record(net, spec, "crown")
+    states = ("left", "middle", "right", "left-unstable", "right-unstable", "both")
+    assert all(tuple(s.states) == states for s in want.layers)
+    assert sum(n > 0 for n in want.state_totals().values()) >= 4  # a box with several states
+    out = CliRunner().invoke(cli, ["stats", str(pt), str(vnnlib), "--json"])
+    assert out.exit_code == 0, out.output
+    got = UnstableRecord.from_dict(json.loads(out.output))
+    assert [s.states for s in got.layers] == [s.states for s in want.layers]
+    assert [s.kind for s in got.layers] == ["paramramp", "paramramp"]
+    out = CliRunner().invoke(cli, ["stats", str(pt), str(vnnlib)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    top = next(i for i, line in enumerate(lines) if "neuron states (paramramp" in line)
+    header = " ".join(lines[top: top + 4])
+    assert all(w in header for w in ("left", "middle", "right", "left-", "right-", "unstable", "both"))
+    rows = [line for line in lines[top:] if line.strip("│ ").startswith(("0 ", "1 ", "total "))][:3]
+    for row, s in zip(rows, [*want.layers, None], strict=True):
+        cells = [c.strip() for c in row.strip("│").split("│")]
+        counts = [sum(x.states[n] for x in want.layers) for n in states] if s is None else [s.states[n] for n in states]
+        assert cells[2:] == [str(c) for c in counts], row

@@ -4,11 +4,14 @@ A ReLU neuron is *unstable* on a property when the bounds of its pre-activation 
 region straddle zero (l < 0 < u); only those neurons need case splits, so their number is the
 figure that verification time follows.  Every verification result carries an
 :class:`UnstableRecord` computed by vfnn's own bounds, so the numbers compare across verifiers.
+Activations with more kinks (ParamRamp: at 0 and at its bend r) are counted by their layer kind's
+own states as well (:meth:`vfnn.layers.ActivationLayer.states`), since a neuron crossing both
+kinks costs a verifier two splits and one crossing neither may sit on either stable piece.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,13 +23,30 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LayerStats:
-    """Counts for one activation layer (``layer`` is its position among them, from 0)."""
+    """Counts for one activation layer (``layer`` is its position among them, from 0).
+
+    ``states`` counts the layer kind's own partition of its neurons (its ``state_names`` in
+    order: ReLU's ``inactive``/``active``/``unstable``; ParamRamp's six, ``left``, ``middle``,
+    ``right``, ``left-unstable``, ``right-unstable``, ``both``), which the three figures above
+    cannot tell apart for an activation with two kinks.  ``kind`` is the layer kind's name.
+    Records written before these existed load with ``kind`` "" and ``states`` empty."""
 
     layer: int
     neurons: int
     unstable: int  # a kink lies strictly inside the bounds
     active: int  # stable with l >= 0 (a ReLU is the identity on the whole region)
     inactive: int  # stable with l < 0, i.e. u <= 0 (a ReLU outputs 0 on the whole region)
+    kind: str = ""
+    states: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def from_dict(d: dict) -> LayerStats:
+        """Inverse of ``asdict``; keys it does not know (a later version's) are left out."""
+        known = {f.name for f in fields(LayerStats)}
+        s = {k: v for k, v in d.items() if k in known}
+        if "states" in s:
+            s["states"] = {str(k): int(v) for k, v in s["states"].items()}
+        return LayerStats(**s)
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,14 @@ class UnstableRecord:
     def neurons(self) -> int:
         return sum(s.neurons for s in self.layers)
 
+    def state_totals(self) -> dict[str, int]:
+        """Per-state counts summed over the layers (names in first-seen order)."""
+        totals: dict[str, int] = {}
+        for s in self.layers:
+            for name, n in s.states.items():
+                totals[name] = totals.get(name, 0) + n
+        return totals
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["total_unstable"] = self.unstable
@@ -61,14 +89,14 @@ class UnstableRecord:
     def from_dict(d: dict) -> UnstableRecord:
         return UnstableRecord(
             d["method"],
-            tuple(LayerStats(**s) for s in d["layers"]),
+            tuple(LayerStats.from_dict(s) for s in d["layers"]),
             tuple(d["output_lower"]),
             tuple(d["output_upper"]),
         )
 
 
 def unstable_record(network: Network, spec: Spec, method: str = "crown") -> UnstableRecord:
-    """Bound ``network`` over every input box of ``spec`` and count neuron states per ReLU layer.
+    """Bound ``network`` over every input box of ``spec`` and count neuron states per activation layer.
 
     Each case is bounded on its own (float64, on the CPU).  ``C`` for a case is the stack of
     the A rows of all its unsafe disjuncts, so ``output_lower``/``output_upper`` bound every row
@@ -109,12 +137,14 @@ def unstable_record(network: Network, spec: Spec, method: str = "crown") -> Unst
     acts = [m for m in model if isinstance(m, activation_modules())]
     layers = []
     for i, ((lo, up), act) in enumerate(zip(pre, acts, strict=True)):
+        kind = kind_of_module(act)
         # unstable: a kink of the activation lies inside the bounds (ReLU: l < 0 < u; ParamRamp also l < r < u)
-        unstable = kind_of_module(act).unstable(act, lo, up).reshape(len(cases), -1)
-        lo, up = lo.reshape(len(cases), -1), up.reshape(len(cases), -1)
+        unstable = kind.unstable(act, lo, up)
+        masks = kind.states(act, lo, up)
         active = ~unstable & (lo >= 0)
         layers.append(LayerStats(i, int(lo.numel()), int(unstable.sum()), int(active.sum()),
-                                 int((~unstable & ~active).sum())))
+                                 int((~unstable & ~active).sum()), kind.kind,
+                                 {name: int(masks[name].sum()) for name in kind.state_names}))
     out_l = [float(v) for i, r in enumerate(rows) for v in out_lo[i][: r.shape[0]].tolist()]
     out_u = [float(v) for i, r in enumerate(rows) for v in out_hi[i][: r.shape[0]].tolist()]
     return UnstableRecord(method, tuple(layers), tuple(out_l), tuple(out_u))

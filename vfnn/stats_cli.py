@@ -26,7 +26,9 @@ def stats(model: str, spec: str, method: str, as_json: bool) -> None:
     """Per activation layer: unstable (a kink inside the bounds: l < 0 < u for a ReLU), always-active
     and always-inactive neurons of MODEL (ONNX, or a vfnn model.pt, whose ParamRamp layers are counted
     as trained rather than as their exported ReLUs) over the input region of SPEC (VNN-LIB), and
-    bounds of SPEC's output constraints."""
+    bounds of SPEC's output constraints.  ParamRamp layers also get their six states: stable left
+    (u <= 0), middle (0 <= l, u <= r), right (l >= r), and unstable left-unstable, right-unstable,
+    both (across 0, across r, across both kinks)."""
     from vfnn.stats import unstable_record
     from vfnn.vnnlib import input_file, read_vnnlib
 
@@ -73,7 +75,8 @@ def _print_tables(record, prop, model: str, spec: str) -> None:  # noqa: ANN001 
     cases = len(prop.cases)
     title = f"{model} on {spec} ({record.method}" + (f", counts summed over {cases} input boxes)" if cases > 1 else ")")
     t = Table(title=title)
-    for col in ("ReLU layer", "neurons", "unstable", "active", "inactive", "unstable %"):
+    relu_only = all(s.kind in ("", "relu") for s in record.layers)
+    for col in ("ReLU layer" if relu_only else "layer", "neurons", "unstable", "active", "inactive", "unstable %"):
         t.add_column(col, justify="right")
     for s in record.layers:
         t.add_row(str(s.layer), str(s.neurons), str(s.unstable), str(s.active), str(s.inactive),
@@ -83,6 +86,7 @@ def _print_tables(record, prop, model: str, spec: str) -> None:  # noqa: ANN001 
     t.add_row("total", str(record.neurons), str(record.unstable), str(act), str(ina),
               f"{100 * record.unstable / max(record.neurons, 1):.1f}", style="bold")
     console.print(t)
+    _print_states(console, record)
 
     o = Table(title="output constraints (unsafe iff every row of a disjunct is <= b)")
     for col in ("case", "disjunct", "row", "lower", "upper", "b", "A@y <= b on the box"):
@@ -96,3 +100,28 @@ def _print_tables(record, prop, model: str, spec: str) -> None:  # noqa: ANN001 
                 o.add_row(str(ci), str(di), str(j), f"{lo:.6g}", f"{up:.6g}", f"{b:.6g}", verdict)
                 r += 1
     console.print(o)
+
+
+# The states every ReLU-like kind reports; the three columns of the first table show them already.
+_PLAIN_STATES = ("inactive", "active", "unstable")
+
+
+def _print_states(console, record) -> None:  # noqa: ANN001 - rich types stay local
+    """A table of the layers whose kind has states of its own (ParamRamp's six), so a neuron
+    across both kinks or on the right piece is visible, not folded into unstable/active."""
+    from rich.table import Table
+
+    layers = [s for s in record.layers if s.states and tuple(s.states) != _PLAIN_STATES]
+    if not layers:
+        return
+    names = list(dict.fromkeys(name for s in layers for name in s.states))
+    kinds = ", ".join(dict.fromkeys(s.kind or "?" for s in layers))
+    t = Table(title=f"neuron states ({kinds}; see --help)")
+    for col in ("layer", "neurons", *(n.replace("-", "-\n") for n in names)):  # fits 80 columns
+        t.add_column(col, justify="right")
+    for s in layers:
+        t.add_row(str(s.layer), str(s.neurons), *(str(s.states.get(n, 0)) for n in names))
+    if len(layers) > 1:
+        t.add_row("total", str(sum(s.neurons for s in layers)),
+                  *(str(sum(s.states.get(n, 0) for s in layers)) for n in names), style="bold")
+    console.print(t)

@@ -242,5 +242,20 @@ class ActivationLayer(Layer):
     def unstable(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """Which neurons are unstable over pre-activation bounds [lo, hi]: a kink lies strictly inside."""
 
+    # The names :meth:`states` returns, in display order, and those of them that are unstable
+    # (their union is :meth:`unstable`); a kind with more pieces than ReLU overrides all three.
+    state_names: ClassVar[tuple[str, ...]] = ("inactive", "active", "unstable")
+    unstable_states: ClassVar[tuple[str, ...]] = ("unstable",)
+
+    @classmethod
+    def states(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Boolean masks, one per name of :attr:`state_names`, that partition the neurons by where
+        [lo, hi] lies relative to the kinks, so statistics can count each piece of a
+        multi-kink activation without knowing the kind.  Default (ReLU): unstable, active
+        (stable with ``lo >= 0``) and inactive (the other stable ones)."""
+        unstable = cls.unstable(m, lo, hi)
+        active = ~unstable & (lo >= 0)
+        return {"inactive": ~unstable & ~active, "active": active, "unstable": unstable}
+
     def output_shape(self, shape: Shape) -> Shape:
         return shape

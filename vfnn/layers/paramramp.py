@@ -52,6 +52,34 @@ def ramp(z: torch.Tensor, bend: torch.Tensor, slope: float) -> torch.Tensor:
     return slope * z + (1.0 - slope) * torch.minimum(z.clamp(min=0), r)
 
 
+# Lyu et al.'s six neuron states: three stable pieces, then the unstable ones by the kinks inside.
+STATES: tuple[str, ...] = ("left", "middle", "right", "left-unstable", "right-unstable", "both")
+
+
+def _states(lo: torch.Tensor, hi: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Masks of the six states over [lo, hi] with bends ``r >= 0`` (a partition of the neurons).
+
+    A kink counts only strictly inside: bounds ending exactly at 0 or r are stable.  The
+    definitions overlap only on a single point (lo = hi = 0 is ``left`` and ``middle``; lo = hi
+    = r is ``middle`` and ``right``), which goes to ``middle``; so ``left`` is exactly the
+    stable neurons with lo < 0 (the statistics' *inactive*) and ``middle`` + ``right`` those
+    with lo >= 0 (*active*)."""
+    middle = (lo >= 0) & (hi <= r)
+    left = (hi <= 0) & ~middle
+    right = (lo >= r) & ~middle
+    left_unstable = (lo < 0) & (hi > 0) & (hi <= r)
+    right_unstable = (lo >= 0) & (lo < r) & (hi > r)
+    both = (lo < 0) & (hi > r)
+    return {"left": left, "middle": middle, "right": right, "left-unstable": left_unstable,
+            "right-unstable": right_unstable, "both": both}
+
+
+def _pick(cond: torch.Tensor, a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Line ``a`` (slope, intercept) where ``cond``, else line ``b``."""
+    return torch.where(cond, a[0], b[0]), torch.where(cond, a[1], b[1])
+
+
 @dataclass(frozen=True, eq=False)
 class ParamRamp(ActivationLayer):
     """ParamRamp with bends ``bend`` (the shape of the layer's input, >= 0) and leaky slope ``slope``."""
@@ -97,34 +125,70 @@ class ParamRamp(ActivationLayer):
 
     @classmethod
     def relax(cls, m: nn.Module, lower: torch.Tensor, upper: torch.Tensor, tight: bool = False) -> Relaxation:
-        """The paper's *tight* lines, whatever ``tight`` says: exact on stable pieces; a chord on
-        the side where the function is convex (across 0) or concave (across r), and slope eta
-        through the kink on the other side.  Each line meets IBP's bound at its end of the interval, so CROWN >= IBP."""
+        """Lyu et al.'s lines for the six states (appendix Table 2; ``bound_param_ramp.py`` of the
+        paper's code: ``neg-slope-lb`` is ``tight``, ``adaptive-lb`` the default).
+
+        Stable pieces get the piece itself.  Across one kink, the side where the function is
+        convex over [l, u] (upper line across 0, lower line across r) gets the chord.  The other
+        side is where the choice lies: ``tight`` takes the outer piece's line through the kink
+        (slope eta through (0, 0) below, through (r, r) above), which meets IBP's bound at its end
+        of the interval, so CROWN/LBP are never looser than IBP (Theorem 2).  Adaptive takes,
+        as CROWN's ReLU lower slope does, whichever of the two lines through the kink leaves the
+        smaller area: the middle piece (slope 1 through the origin) when the interval reaches
+        further past the kink on the middle side (``u > -l`` at 0, ``r - l >= u - r`` at r).
+        A neuron across both kinks has two such choices, and its adaptive "middle" lines are
+        those through (0, 0) and (u, f(u)) below and through (l, f(l)) and (r, r) above."""
         eta = float(m.slope)
         r = m.bend.to(lower.dtype).clamp(min=0).expand_as(lower)
         lo, u = lower, torch.max(upper, lower)
+        st = _states(lo, u, r)
+        # r where a line uses it (there r <= u); finite where the bend is +inf (the LeakyReLU
+        # warm-up), so unused branches hold no inf or NaN that would reach gradients
+        rc = torch.minimum(r, u)
         fl, fu = ramp(lo, r, eta), ramp(u, r, eta)
-        width = (u - lo).clamp(min=1e-12)
-        chord_d = (fu - fl) / width
+        zero, one, eta_t = torch.zeros_like(lo), torch.ones_like(lo), torch.full_like(lo, eta)
+        right_b = (1 - eta) * rc  # the right piece eta*z + (1 - eta)*r
+        # Denominators are positive in the states that use them (l < 0 < u there, or l < r < u);
+        # elsewhere 1, so that no unused branch divides by zero (its NaN would reach gradients).
+        crossing = st["left-unstable"] | st["right-unstable"]
+        chord_d = (fu - fl) / torch.where(crossing, u - lo, one)
         chord_b = fl - chord_d * lo
-        eta_t = torch.full_like(lo, eta)
-        left = lo < 0  # the kink at 0 lies inside (or u <= 0: then the pieces coincide)
-        right = u > r  # the kink at r lies inside (or lo >= r)
-        dead_left, dead_right = u <= 0, lo >= r
-        # Upper line: chord where the function is convex over [lo, u] (no kink at r inside), else
-        # slope eta through (r, r); lower line: chord where concave (no kink at 0), else slope eta
-        # through (0, 0).  Stable pieces: chord = the piece itself.
-        upper_d = torch.where(right & ~dead_right, eta_t, chord_d)
-        upper_b = torch.where(right & ~dead_right, (1 - eta) * r, chord_b)
-        lower_d = torch.where(left & ~dead_left, eta_t, chord_d)
-        lower_b = torch.where(left & ~dead_left, torch.zeros_like(lo), chord_b)
-        stable = dead_left | dead_right | (~left & ~right)
-        return Relaxation(lower_d, upper_d, upper_b, stable, ~stable, lower_b)
+        if tight:
+            wide_l = wide_r = torch.zeros_like(st["both"])
+        else:  # the interval reaches further past the kink on the middle side
+            wide_l, wide_r = u > -lo, u - r <= r - lo
+        # both kinks, adaptive: through (0, 0) and (u, f(u)); through (l, f(l)) and (r, r)
+        both_ld = fu / torch.where(st["both"], u, one)
+        both_ud = (rc - fl) / torch.where(st["both"], rc - lo, one)
+        lower_d = lower_b = upper_d = upper_b = zero  # replaced everywhere: the states partition the neurons
+        rules = (  # state, lower line (d, b), upper line (d, b)
+            ("left", (eta_t, zero), (eta_t, zero)),
+            ("middle", (one, zero), (one, zero)),
+            ("right", (eta_t, right_b), (eta_t, right_b)),
+            ("left-unstable", _pick(wide_l, (one, zero), (eta_t, zero)), (chord_d, chord_b)),
+            ("right-unstable", (chord_d, chord_b), _pick(wide_r, (one, zero), (eta_t, right_b))),
+            ("both", _pick(wide_l, (both_ld, zero), (eta_t, zero)),
+             _pick(wide_r, (both_ud, (1 - both_ud) * rc), (eta_t, right_b))),
+        )
+        for name, (ld, lb), (ud, ub) in rules:
+            mask = st[name]
+            lower_d, lower_b = torch.where(mask, ld, lower_d), torch.where(mask, lb, lower_b)
+            upper_d, upper_b = torch.where(mask, ud, upper_d), torch.where(mask, ub, upper_b)
+        unstable = st["left-unstable"] | st["right-unstable"] | st["both"]
+        return Relaxation(lower_d, upper_d, upper_b, ~unstable, unstable, lower_b)
 
     @classmethod
     def unstable(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         r = m.bend.to(lo.dtype).clamp(min=0)
         return ((lo < 0) & (hi > 0)) | ((lo < r) & (hi > r))
+
+    state_names: ClassVar[tuple[str, ...]] = STATES
+    unstable_states: ClassVar[tuple[str, ...]] = ("left-unstable", "right-unstable", "both")
+
+    @classmethod
+    def states(cls, m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The paper's six states (see :func:`_states`): each neuron's piece, or the kinks inside."""
+        return _states(lo, hi, m.bend.to(lo.dtype).clamp(min=0).expand_as(lo))
 
     # -- MILP: eta*z + (1 - eta)*(relu(z) - relu(z - r)), one binary per kink the bounds cross
     def encode_milp(self, enc: Encoding, v: np.ndarray, shape: Shape, bounds: tuple[np.ndarray, np.ndarray]
