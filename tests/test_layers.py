@@ -236,15 +236,17 @@ def test_paramramp_network_bounds_are_sound_and_crown_beats_ibp(seed: int) -> No
     lo, hi = torch.as_tensor(centre - 0.3), torch.as_tensor(centre + 0.3)
     model = net.to_torch().double()
     ibp = compute_bounds(model, lo, hi, method="ibp")
-    crown = compute_bounds(model, lo, hi, method="crown", intersect_ibp=False)
+    crown = compute_bounds(model, lo, hi, method="crown", intersect_ibp=False, relaxation="adaptive")
     tight = compute_bounds(model, lo, hi, method="crown", intersect_ibp=False, relaxation="tight")
+    default = compute_bounds(model, lo, hi, method="crown", intersect_ibp=False)  # ParamRamp's default: tight
+    assert torch.equal(default.lower, tight.lower) and torch.equal(default.upper, tight.upper)
     xs = lo.numpy()[:, None] + (hi - lo).numpy()[:, None] * g.uniform(0, 1, (2, 500, 6))
     ys = np.stack([net.forward(x) for x in xs])
     for b in (ibp, crown, tight):
         assert (b.lower.numpy()[:, None] <= ys + 1e-7).all() and (ys <= b.upper.numpy()[:, None] + 1e-7).all()
     # tight lines: CROWN is never looser than IBP on the pre-activations it computes from IBP's
-    # (the default, adaptive, lines can be: as for ReLU, the tight ones are what Theorem 2 needs)
-    crown_ibp = compute_bounds(model, lo, hi, method="crown-ibp", relaxation="tight")
+    # (adaptive lines can be: as for ReLU, the tight ones are what Theorem 2 needs)
+    crown_ibp = compute_bounds(model, lo, hi, method="crown-ibp")
     assert (crown_ibp.lower >= ibp.lower - 1e-7).all() and (crown_ibp.upper <= ibp.upper + 1e-7).all()
     with pytest.raises(ModelError, match="alpha-crown"):
         compute_bounds(model, lo, hi, method="alpha-crown")

@@ -24,7 +24,8 @@ module types), on the device and in the dtype of the box tensors.
 
 ``relaxation``: the lower line of unstable ReLUs, ``"adaptive"`` (CROWN's, slope 1 when u > -l,
 else 0; auto_LiRPA's) or ``"tight"`` (slope 0, the paper's: with it IBP <= LBP <= CROWN-LBP <= CROWN,
-Theorem 2).  Defaults: tight for lbp/crown-lbp, adaptive for the others (auto_LiRPA's numbers).
+Theorem 2).  Defaults: tight for lbp/crown-lbp and for ParamRamp networks, adaptive for the others
+(auto_LiRPA's numbers).
 
 The module imports no torch until a bound is computed, so command-line tools can list
 :data:`METHODS` cheaply.
@@ -108,8 +109,9 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
     ``alpha_steps``/``alpha_lr``: Adam steps and learning rate of alpha-CROWN.
     ``intersect_ibp``: for ``crown``/``alpha-crown``, take the elementwise tighter of the CROWN
     and IBP output bounds (pre-activation bounds are never intersected; see module docstring).
-    ``relaxation``: ReLU's lower line for unstable neurons, ``"adaptive"`` or ``"tight"``; None is
-    tight for ``lbp``/``crown-lbp`` and adaptive otherwise (IBP has no lines and ignores it).
+    ``relaxation``: the lines of unstable neurons, ``"adaptive"`` or ``"tight"``; None is tight for
+    ``lbp``/``crown-lbp`` and for networks with a kind whose ``default_relaxation`` is tight
+    (ParamRamp), adaptive otherwise (IBP has no lines and ignores it).
     """
     import torch
 
@@ -120,15 +122,16 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
 
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
-    if relaxation is None:
-        relaxation = "tight" if method in ("lbp", "crown-lbp") else "adaptive"
-    if relaxation not in RELAXATIONS:
+    if relaxation is not None and relaxation not in RELAXATIONS:
         raise ValueError(f"unknown relaxation {relaxation!r}; choose from {', '.join(RELAXATIONS)}")
-    tight = relaxation == "tight"
     if lower.shape != upper.shape:
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
     upper = upper.to(lower.dtype)
     plan = make_plan(model, tuple(lower.shape[1:]))
+    if relaxation is None:
+        tight_kind = any(a.kind.default_relaxation == "tight" for a in plan.activations)
+        relaxation = "tight" if method in ("lbp", "crown-lbp") or tight_kind else "adaptive"
+    tight = relaxation == "tight"
     if method == "alpha-crown" and not all(a.kind.slope_optimisable for a in plan.activations):
         raise ModelError("alpha-crown optimises ReLU slopes only; bound this network with crown")
     C = _spec_matrix(C, lower.shape[0], lower)

@@ -74,7 +74,7 @@ def relax_layer(plan: Plan, i: int, lower: torch.Tensor, upper: torch.Tensor, ti
     ReLU's own relaxation uses CROWN's adaptive lower slope (auto_LiRPA's default); ``tight``
     replaces it by slope 0 for unstable neurons (Lyu et al.'s tight line, eta*z with eta = 0),
     whose lines meet IBP's bounds at both ends, which is what makes CROWN/LBP never looser than
-    IBP.  Other kinds (ParamRamp) already relax with the tight lines."""
+    IBP.  ParamRamp has tight and adaptive lines of its own (vfnn/layers/paramramp.py)."""
     return plan.activations[i].relax(lower, upper, tight)
 
 

@@ -225,6 +225,9 @@ class ActivationLayer(Layer):
     parameters carry gradients in training)."""
 
     slope_optimisable: ClassVar[bool] = False  # alpha-CROWN may optimise its lower slopes (ReLU)
+    # The relaxation bound methods use when none is asked for: a network with a kind whose
+    # default is "tight" is bounded with tight lines (see vfnn.bounds.compute_bounds).
+    default_relaxation: ClassVar[str] = "adaptive"
 
     @classmethod
     @abstractmethod
