@@ -119,8 +119,17 @@ def section(name: str, out: Path, docs: Path) -> list[str]:
     shutil.copytree(report_dir / "figures", figures)
     md = (report_dir / "study.md").read_text().replace("](figures/", f"](results/{name}/")
     body = md.split("\n", 1)[1].replace("\n## ", "\n### ")
-    return [f"## `{name}`", "", f"`vfnn study {name}`:", body, "",
+    return [f"## `{name}`", "", f"`vfnn study {name}` (measured {date.today().isoformat()}):", body, "",
             "### NBC targets", "", *targets(report)]
+
+
+def sections_of(page: str) -> dict[str, str]:
+    """The ``## `name` `` sections of an existing results.md, by study name, in page order."""
+    out = {}
+    for chunk in page.split("\n## `")[1:]:
+        name = chunk.split("`", 1)[0]
+        out[name] = "## `" + chunk.rstrip("\n") + "\n"
+    return out
 
 
 def main() -> None:
@@ -132,20 +141,24 @@ def main() -> None:
     args = ap.parse_args()
     names = args.study or ["nbc-mnist-fc", "nbc-fashion"]
     docs = Path(args.docs)
-    parts = ["# Results: does NBC make networks easier to verify?", "",
-             f"Measured {date.today().isoformat()} on {platform.machine()} with "
-             f"{__import__('os').cpu_count()} CPU cores (shared with other work), Python {platform.python_version()}. "
-             "Regenerate with `python benchmarks/studies.py --data-dir ../shared/datasets` (each study resumes "
-             "where it stopped; delete its folder under study-out/ to start again). What was tried to meet the NBC "
-             "targets, and the costs per epoch measured alone: [training.md](training.md#measured).", ""]
+    page = docs / "results.md"
+    # Sections of studies not run now stay as they are (each says when it was measured).
+    sections = sections_of(page.read_text()) if page.exists() else {}
+    head = ["# Results: does NBC make networks easier to verify?", "",
+            f"Measured on {platform.machine()} with {__import__('os').cpu_count()} CPU cores (shared with other "
+            f"work), Python {platform.python_version()}. Regenerate with `python benchmarks/studies.py --data-dir "
+            "../shared/datasets [--study NAME ...]` (each study resumes where it stopped; delete its folder under "
+            "study-out/ to start again; a study not named keeps its section). What was tried to meet the NBC "
+            "targets, and the costs per epoch measured alone: [training.md](training.md#measured).", ""]
     for name in names:
         out = Path(args.out) / name
         problem = run_study(name, args.data_dir, out)
         if problem is None:
-            parts += section(name, out, docs)
+            sections[name] = "\n".join(section(name, out, docs)) + "\n"
         else:
-            parts += [f"## `{name}`", "", f"Not measured here: `vfnn study {name}` stopped with `{problem}`.", ""]
-    (docs / "results.md").write_text("\n".join(parts) + "\n")
+            sections[name] = (f"## `{name}`\n\nNot measured here ({date.today().isoformat()}): `vfnn study {name}` "
+                              f"stopped with `{problem}`.\n")
+    page.write_text("\n".join(head) + "\n" + "\n".join(sections.values()))
     print(f"wrote {docs / 'results.md'}")
 
 
