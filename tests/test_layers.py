@@ -272,6 +272,35 @@ def test_paramramp_milp_agrees_with_the_exported_relu_graph_and_marabou() -> Non
             assert m.status == a.status, (eps, m.status, m.message)
 
 
+def test_conv_paramramp_milp_agrees_with_the_exported_relu_graph_and_marabou() -> None:
+    """The conv form of the export (expansion and combination as 1x1 Convs) is the same function
+    to every verifier: milp on the ParamRamp net, milp on its ReLU graph and Marabou agree."""
+    from vfnn.spec import robustness_spec
+    from vfnn.verifiers import get_verifier
+
+    g = np.random.default_rng(5)
+    net = Network((1, 5, 5), (Conv2d(g.normal(0, 0.5, (2, 1, 3, 3)).astype(np.float32), _f(2)),
+                              ParamRamp(g.uniform(0.1, 0.8, (2, 3, 3)).astype(np.float32), 0.01), Flatten(),
+                              Dense(g.normal(0, 0.5, (3, 18)).astype(np.float32), _f(3))))
+    relu_net = network_from_onnx(network_to_onnx(net))
+    assert not any(isinstance(layer, ParamRamp) for layer in relu_net.layers)
+    x = g.uniform(0, 1, 25)
+    assert np.allclose(relu_net.forward(x.reshape(1, 1, 5, 5)), net.forward(x.reshape(1, 1, 5, 5)), atol=1e-5)
+    label = int(np.argmax(net.forward(x.reshape(1, 1, 5, 5))[0]))
+    marabou = get_verifier("marabou")
+    statuses = set()
+    for eps in (0.01, 2.0):
+        spec = robustness_spec(x, label, eps, 3, clip=None)
+        a = get_verifier("milp").verify(net, spec, 60)
+        b = get_verifier("milp").verify(relu_net, spec, 60)
+        assert a.status == b.status and a.status in ("sat", "unsat"), (eps, a.status, b.status, a.message)
+        statuses.add(a.status)
+        if marabou.availability().available:
+            m = marabou.verify(net, spec, 60, {"margin": 1e-6}, unstable_method=None)
+            assert m.status == a.status, (eps, m.status, m.message)
+    assert statuses == {"sat", "unsat"}  # both answers are exercised
+
+
 def test_batch_norm_folds_into_the_layer_before_it() -> None:
     """simplified() (and so every export) turns batch-norm into the eval-mode affine and folds it
     into the preceding Conv2d / Dense: the same function with no batch-norm left."""
