@@ -1,6 +1,6 @@
 """Run the shipped NBC studies and write docs/results.md from their reports (the one command behind that page).
 
-    python benchmarks/studies.py --data-dir ../shared/datasets            # nbc-mnist-fc and nbc-fashion
+    python benchmarks/studies.py --data-dir ../shared/datasets            # nbc-mnist-fc, nbc-mnist-cnn, nbc-fashion
     python benchmarks/studies.py --study nbc-mnist --data-dir DIR         # the full protocol (many hours)
 
 Each study runs through ``vfnn study`` (resumable: re-running finishes an interrupted one), then
@@ -135,11 +135,11 @@ def sections_of(page: str) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(DATA))
-    ap.add_argument("--study", action="append", help="study names (default: nbc-mnist-fc, nbc-fashion)")
+    ap.add_argument("--study", action="append", help="study names (default: nbc-mnist-fc, nbc-mnist-cnn, nbc-fashion)")
     ap.add_argument("--out", default=str(ROOT / "study-out"), help="where the studies' folders go")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     args = ap.parse_args()
-    names = args.study or ["nbc-mnist-fc", "nbc-fashion"]
+    names = args.study or ["nbc-mnist-fc", "nbc-mnist-cnn", "nbc-fashion"]
     docs = Path(args.docs)
     page = docs / "results.md"
     # Sections of studies not run now stay as they are (each says when it was measured).

@@ -90,6 +90,14 @@ def test_each_mistake_is_one_line_naming_key_and_line(tmp_path: Path, capsys: py
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "vfnn" / "studies").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_study_is_valid_and_names_its_file(path: Path) -> None:
+    """A shipped study that does not validate would fail only when someone runs it for hours."""
+    study = load_study(path)
+    assert study.name == path.stem and study.runs and study.radii and study.verifiers
+
+
 def test_missing_file_lists_the_shipped_studies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["study", str(tmp_path / "nope.toml")], capsys)
     assert code == 2 and "no such file" in err and "quick" in err
