@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,6 +149,50 @@ def _comparable(report: dict) -> dict:
     train = [{k: v for k, v in r.items() if k not in ("s_epoch", "x_ce")} for r in report["training"]]
     verify = [{k: v for k, v in r.items() if k not in ("mean_s", "median_s")} for r in report["verification"]]
     return {"training": train, "verification": verify}
+
+
+PRUNED = TINY.replace('[recipes."ce+nbc"]\nreg = ["nbc"]\nnbc-every = 2\n',
+                      '[recipes.ce-pruned]\nprune = { of = "ce", criterion = "nrs", rate = 0.25, rounds = 2, '
+                      'rewind-epoch = 1 }\n').replace("radii = [0.02, 0.05]", "radii = [0.02]")
+
+
+def test_a_pruned_recipe_is_the_last_round_of_vfnn_prune_of_its_base(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A recipe can be a pruned net (Li et al.): vfnn prune of another recipe's run, verified like any model,
+    reused when done; a changed prune setting is an error, not a silent reuse."""
+    path = write(tmp_path, PRUNED)
+    study = load_study(path, out=tmp_path / "o")
+    base, pruned = study.runs
+    assert pruned.base == base and pruned.run_dir == tmp_path / "o" / "runs" / "digits" / "fc-16x2" / "ce-pruned" \
+        / "s0" / "round-2" and "vfnn prune" in pruned.command and "--rewind-epoch 1" in pruned.command
+    code, _, err = run_cli(["study", str(path), "--out", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 0, err
+    record = json.loads((pruned.prune_dir / "prune.json").read_text())
+    assert [row["units"] for row in record["rounds_table"]] == [32, 24, 18]  # 25 % of the units per round
+    report = json.loads((tmp_path / "o" / "report" / "study.json").read_text())
+    assert {r["recipe"] for r in report["verification"]} == {"ce", "ce-pruned"}
+    assert {r["recipe"]: r["neurons"] for r in report["training"]} == {"ce": 32, "ce-pruned": 18}
+    code, _, err = run_cli(["study", str(path), "--out", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 0 and "2 of 2 models already trained" in err
+    write(tmp_path, PRUNED.replace("rate = 0.25", "rate = 0.5"))
+    code, _, err = run_cli(["study", str(path), "--out", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 2 and "was pruned with rate=0.25" in err
+
+
+@pytest.mark.parametrize("prune, message", [
+    ('{ of = "nope" }', "name another, trained recipe"),
+    ('{ of = "ce", criterion = "size" }', "criterion 'size'"),
+    ('{ of = "ce", rate = 1.5 }', "rate lies in (0, 1)"),
+    ('{ of = "ce", rounds = "3" }', "rounds: expected an integer"),
+    ('{ of = "ce", typo = 1 }', "unknown key 'typo'"),
+])
+def test_a_malformed_prune_table_is_one_line_naming_it(tmp_path: Path, prune: str, message: str) -> None:
+    from vfnn.study.config import StudyError
+
+    text = PRUNED.replace('{ of = "ce", criterion = "nrs", rate = 0.25, rounds = 2, rewind-epoch = 1 }', prune)
+    with pytest.raises(StudyError, match=re.escape(message)) as info:
+        load_study(write(tmp_path, text), out=tmp_path / "o")
+    assert "ce-pruned" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_sigkill_in_training_and_in_verification_then_resume_gives_the_same_report(tmp_path: Path) -> None:

@@ -67,20 +67,50 @@ class StudyError(VfnnError):
     """A study file is malformed; the message names the file, the key and the line."""
 
 
+PRUNE_KEYS: dict[str, type | tuple[type, ...]] = {"of": str, "criterion": str, "rate": (int, float), "rounds": int,
+                                                  "rewind-epoch": int}
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """A pruned recipe: ``vfnn prune`` of the ``of`` recipe's run; the model is the last round's."""
+
+    of: str
+    criterion: str = "nrs"
+    rate: float = 0.11
+    rounds: int = 3
+    rewind_epoch: int = 2
+
+
 @dataclass(frozen=True)
 class ModelRun:
-    """One trained model of the grid."""
+    """One model of the grid: trained by ``vfnn train argv``, or pruned from the run ``base``."""
 
     dataset: str
     arch: str
     recipe: str
     seed: int
-    argv: tuple[str, ...]  # the ``vfnn train`` arguments (without --out, --quiet)
+    argv: tuple[str, ...]  # the ``vfnn train`` arguments (without --out, --quiet); empty for a pruned run
     run_dir: Path
+    pruning: Pruning | None = None
+    base: ModelRun | None = None
 
     @property
     def label(self) -> str:
         return f"{self.dataset} {self.arch} {self.recipe} s{self.seed}"
+
+    @property
+    def prune_dir(self) -> Path:
+        """Where ``vfnn prune`` writes its rounds (the run directory is its last round)."""
+        return self.run_dir.parent
+
+    @property
+    def command(self) -> str:
+        if self.pruning is None or self.base is None:
+            return f"vfnn train {' '.join(self.argv)} --out {self.run_dir}"
+        p = self.pruning
+        return (f"vfnn prune {self.base.run_dir} --criterion {p.criterion} --rate {p.rate:g} --rounds {p.rounds} "
+                f"--rewind-epoch {p.rewind_epoch} --out {self.prune_dir}")
 
 
 @dataclass
@@ -256,8 +286,10 @@ def _runs(doc: dict, head: dict, recipes: list[str], seeds: list[int], where: _W
             raise where.error(_table_name("train", k), None, "an override table must be named after one of the study's "
                               f"datasets ({', '.join(datasets)}) or archs ({', '.join(archs)})")
     params = _train_options(train)
+    pruned = {r: _pruning(doc, r, recipes, where) for r in recipes if "prune" in _table(doc["recipes"], r, where)}
+    trained = [r for r in recipes if r not in pruned]
     tables = [("train", base), *((_table_name("train", n), t) for n, t in overrides.items()),
-              *((_table_name("recipes", r), _table(doc["recipes"], r, where)) for r in recipes)]
+              *((_table_name("recipes", r), _table(doc["recipes"], r, where)) for r in trained)]
     for table, values in tables:
         for key in values:
             name = key.replace("-", "_")
@@ -268,7 +300,7 @@ def _runs(doc: dict, head: dict, recipes: list[str], seeds: list[int], where: _W
     runs = []
     for dataset in datasets:
         for arch in archs:
-            for r in recipes:
+            for r in trained:
                 recipe = doc["recipes"][r]
                 # Later tables win; a recipe with its own schedule does not inherit epochs or method.
                 layers = [("train", base), (_table_name("train", dataset), overrides.get(dataset, {})),
@@ -290,7 +322,46 @@ def _runs(doc: dict, head: dict, recipes: list[str], seeds: list[int], where: _W
                                       arch)
                     run_dir = out / "runs" / dataset / _safe(arch) / _safe(r) / f"s{seed}"
                     runs.append(ModelRun(dataset, arch, r, seed, run_argv, run_dir))
+    by_key = {(run.dataset, run.arch, run.recipe, run.seed): run for run in runs}
+    for r, pruning in pruned.items():  # after every trained run: each is pruned from one of them
+        for dataset in datasets:
+            for arch in archs:
+                for seed in seeds:
+                    prune_dir = out / "runs" / dataset / _safe(arch) / _safe(r) / f"s{seed}"
+                    runs.append(ModelRun(dataset, arch, r, seed, (), prune_dir / f"round-{pruning.rounds}", pruning,
+                                         by_key[(dataset, arch, pruning.of, seed)]))
     return runs
+
+
+def _pruning(doc: dict, r: str, recipes: list[str], where: _Where) -> Pruning:
+    """A recipe's ``prune = {of = "RECIPE", criterion, rate, rounds, rewind-epoch}`` table, checked."""
+    from vfnn.train.prune import CRITERIA
+
+    table = _table_name("recipes", r)
+    recipe = doc["recipes"][r]
+    others = [k for k in recipe if k != "prune"]
+    if others:
+        raise where.error(table, others[0], "a pruned recipe takes its training from its `of` recipe; "
+                          "it has only a `prune` table")
+    spec = recipe["prune"]
+    if not isinstance(spec, dict):
+        raise where.error(table, "prune", "expected a table: prune = {of = \"RECIPE\", criterion = \"nrs\", ...}")
+    for key, value in spec.items():
+        if key not in PRUNE_KEYS:
+            raise where.error(table, "prune", f"unknown key {key!r}{_suggest(key, list(PRUNE_KEYS))}")
+        if not isinstance(value, PRUNE_KEYS[key]) or isinstance(value, bool):
+            raise where.error(table, "prune", f"{key}: expected {_type_name(PRUNE_KEYS[key])}, got {value!r}")
+    of = spec.get("of")
+    if of not in recipes or of == r or "prune" in doc["recipes"][of]:
+        raise where.error(table, "prune", f"of = {of!r}: name another, trained recipe of the study "
+                          f"({', '.join(x for x in recipes if 'prune' not in doc['recipes'][x])})")
+    p = Pruning(of, spec.get("criterion", "nrs"), float(spec.get("rate", 0.11)), spec.get("rounds", 3),
+                spec.get("rewind-epoch", 2))
+    if p.criterion not in CRITERIA:
+        raise where.error(table, "prune", f"criterion {p.criterion!r}: choose from {', '.join(CRITERIA)}")
+    if not 0 < p.rate < 1 or p.rounds < 1 or p.rewind_epoch < 0:
+        raise where.error(table, "prune", "rate lies in (0, 1), rounds >= 1, rewind-epoch >= 0")
+    return p
 
 
 def _table_name(parent: str, name: str) -> str:

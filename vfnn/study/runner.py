@@ -101,10 +101,16 @@ def phase_seconds(study: Study) -> dict[str, float]:
 def _train_all(study: Study, console: Console, show_progress: bool) -> tuple[int, int]:
     from vfnn.train.trainer import Trainer
 
-    configs = {run: _train_config(study, run) for run in study.runs}  # parsed (and checked) before any training
+    trained = [r for r in study.runs if r.pruning is None]
+    configs = {run: _train_config(study, run) for run in trained}  # parsed (and checked) before any training
     for run, (cfg, _) in configs.items():
         _check_unchanged(run, cfg.to_dict())
-    todo = [r for r in study.runs if not (r.run_dir / "summary.json").is_file()]
+    for run in study.runs:
+        if run.pruning is not None:
+            _check_pruning_unchanged(run)
+    done = {r for r in study.runs if (r.run_dir / "summary.json").is_file()
+            and (r.pruning is None or (r.prune_dir / "prune.json").is_file())}
+    todo = [r for r in study.runs if r not in done]
     reused = len(study.runs) - len(todo)
     if reused:
         console.print(f"train: {reused} of {len(study.runs)} models already trained")
@@ -115,6 +121,11 @@ def _train_all(study: Study, console: Console, show_progress: bool) -> tuple[int
         for run in todo:
             progress.update(overall, description=f"train {run.label}")
             t0 = time.perf_counter()
+            if run.pruning is not None:
+                _prune(study, run)
+                progress.advance(overall)
+                console.print(f"pruned {run.label} in {time.perf_counter() - t0:.0f} s -> {run.prune_dir}")
+                continue
             cfg, argv = configs[run]
             if cfg.threads is None:  # several torch threads next to other processes slow small-tensor work badly
                 cfg.threads = 1
@@ -132,6 +143,35 @@ def _train_config(study: Study, run: ModelRun) -> tuple[TrainConfig, list[str]]:
     args = [*run.argv, *(["--data-dir", study.data_dir] if study.data_dir else []), "--out", str(run.run_dir),
             "--quiet"]
     return parse_train_args(args)
+
+
+def _prune(study: Study, run: ModelRun) -> None:
+    """``vfnn prune`` of the base run, from the start (a killed pruning's rounds are redone)."""
+    from vfnn.train.prune import prune_run
+
+    assert run.pruning is not None and run.base is not None
+    p = run.pruning
+    overrides: dict = {"threads": 1, **({"data_dir": study.data_dir} if study.data_dir else {})}
+    prune_run(run.base.run_dir, p.criterion, p.rate, p.rounds, p.rewind_epoch, run.prune_dir, overwrite=True,
+              overrides=overrides, argv=run.command.split())
+
+
+def _check_pruning_unchanged(run: ModelRun) -> None:
+    """As :func:`_check_unchanged`, for a pruned run: its prune.json must say what the study says."""
+    try:
+        have = json.loads((run.prune_dir / "prune.json").read_text())
+    except (OSError, ValueError):
+        return
+    assert run.pruning is not None and run.base is not None
+    p = run.pruning
+    wanted = {"criterion": p.criterion, "rate": p.rate, "rounds": p.rounds, "rewind_epoch": p.rewind_epoch}
+    for key, value in wanted.items():
+        if have.get(key) != value:
+            raise StudyError(f"{run.prune_dir} was pruned with {key}={have.get(key)!r}, the study file now says "
+                             f"{value!r}; delete that folder and the study's campaign/ results, or restore the file")
+    if Path(have.get("run_dir", "")).resolve() != run.base.run_dir.resolve():
+        raise StudyError(f"{run.prune_dir} was pruned from {have.get('run_dir')}, the study file now says "
+                         f"{run.base.run_dir}; delete that folder and the study's campaign/ results")
 
 
 IGNORED_KEYS = ("data_dir", "device", "threads", "download")
