@@ -81,6 +81,9 @@ class UnstableRecord:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        for layer in d["layers"]:  # a record read from before kind/states existed is written back unchanged
+            if not layer["kind"] and not layer["states"]:
+                del layer["kind"], layer["states"]
         d["total_unstable"] = self.unstable
         d["total_neurons"] = self.neurons
         return d
