@@ -1,11 +1,15 @@
 """Speed and peak memory of vfnn.bounds: boxes/second for IBP, CROWN, LBP, CROWN-LBP and alpha-CROWN.
 
-Run: ``python benchmarks/bounds.py [--threads N] [--quick] [--methods crown,lbp,...] [--batches 1,100]``.
+Run: ``python benchmarks/bounds.py [--threads N] [--quick] [--methods crown,lbp,...] [--batches 1,100]
+[--intermediate per-box|batch-union|full] [--tightness]``.
 "x IBP" is the method's time over IBP's on the same network and batch, measured in the same run.
 Networks have random weights scaled like trained ones (1/sqrt(fan-in)); boxes are L-inf balls
 of radius 0.02 around random points, so a realistic share of neurons is unstable.  Each
 measurement runs in a fresh process; "peak MiB" is that process's peak resident memory minus its
 resident memory before the first bound computation (Linux), which covers torch's CPU allocations.
+``--intermediate`` picks CROWN's refinement rule (``batch-union`` is auto_LiRPA's, the previous
+default); ``--tightness`` instead compares, on 30 boxes of radii 0.005-0.05, each rule's bounds of
+a box in the batch with the same box alone, and per neuron against IBP and pure CROWN.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 import torch
 from torch import nn
 
-from vfnn.bounds import compute_bounds
+from vfnn.bounds import INTERMEDIATE, Bounds, compute_bounds
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -49,20 +53,22 @@ def _rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def _child(conn, name: str, method: str, B: int, repeats: int, threads: int) -> None:  # noqa: ANN001
+def _child(conn, name: str, method: str, B: int, repeats: int, threads: int,  # noqa: ANN001
+           intermediate: str = "per-box") -> None:
     torch.set_num_threads(threads)
     model, shape = NETS[name]()
     base = _rss()
-    rate, unstable = measure(model, shape, B, method, repeats=repeats)
+    rate, unstable = measure(model, shape, B, method, repeats=repeats, intermediate=intermediate)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     conn.send((rate, (peak - base) / 2**20, unstable))
 
 
-def run_isolated(name: str, method: str, B: int, repeats: int, threads: int) -> tuple[float, float, float]:
+def run_isolated(name: str, method: str, B: int, repeats: int, threads: int,
+                 intermediate: str = "per-box") -> tuple[float, float, float]:
     """One measurement in a fresh process, so the peak resident memory is this call's alone."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    p = ctx.Process(target=_child, args=(child, name, method, B, repeats, threads))
+    p = ctx.Process(target=_child, args=(child, name, method, B, repeats, threads, intermediate))
     p.start()
     out = parent.recv()
     p.join()
@@ -70,18 +76,19 @@ def run_isolated(name: str, method: str, B: int, repeats: int, threads: int) -> 
 
 
 def measure(model: nn.Module, shape: tuple[int, ...], B: int, method: str, eps: float = 0.02,
-            repeats: int = 3) -> tuple[float, float]:
+            repeats: int = 3, intermediate: str = "per-box") -> tuple[float, float]:
     g = torch.Generator().manual_seed(1)
     x = torch.rand(B, *shape, generator=g)
     lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     C = torch.eye(10).unsqueeze(0).expand(B, 10, 10) - torch.eye(10)[torch.zeros(B, dtype=torch.long)].unsqueeze(1)
+    kw = {"intermediate": intermediate} if method in ("crown", "alpha-crown") else {}
     with torch.no_grad():
         if method != "alpha-crown":  # warm-up (alpha-CROWN runs long enough without one)
-            compute_bounds(model, lo, hi, C, method=method)
+            compute_bounds(model, lo, hi, C, method=method, **kw)
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            res = compute_bounds(model, lo, hi, C, method=method)
+            res = compute_bounds(model, lo, hi, C, method=method, **kw)
             best = min(best, time.perf_counter() - t0)
     unstable = sum(int(((lo_ < 0) & (hi_ > 0)).sum()) for lo_, hi_ in res.pre_activation) / B
     return B / best, unstable
@@ -94,29 +101,75 @@ def main() -> None:
     ap.add_argument("--methods", default="ibp,crown,lbp,crown-lbp,alpha-crown",
                     help="comma-separated methods (IBP is always measured, for the ratio)")
     ap.add_argument("--batches", default="1,100", help="comma-separated batch sizes")
+    ap.add_argument("--intermediate", default="per-box", choices=INTERMEDIATE, help="CROWN's refinement rule")
+    ap.add_argument("--tightness", action="store_true", help="batch dependence and per-neuron tightness only")
     args = ap.parse_args()
+    if args.tightness:
+        torch.set_num_threads(args.threads)
+        for name in ("MLP 784-256-256-10", "CNN c16k4s2-c32k4s2-fc100-10"):
+            tightness(name)
+        return
     methods = ["ibp", *(m for m in args.methods.split(",") if m != "ibp")]
     batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else 3
     ibp_rate: dict[int, float] = {}
-    print(f"torch {torch.__version__}, {args.threads} thread(s), eps 0.02, C = 9 margins + 1 zero row per box")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), eps 0.02, C = 9 margins + 1 zero row per box, "
+          f"intermediate {args.intermediate}")
     print(f"{'network':32s} {'method':12s} {'batch':>5s} {'boxes/s':>10s} {'s/100 boxes':>12s} {'x IBP':>7s} "
           f"{'peak MiB':>9s} {'unstable/box':>12s}")
     for name in ("MLP 784-256x4-10", "CNN c16k4s2-c32k4s2-fc100-10"):
         for method in methods:
             for B in batches:
-                rate, mib, unstable = run_isolated(name, method, B, repeats, args.threads)
+                rate, mib, unstable = run_isolated(name, method, B, repeats, args.threads, args.intermediate)
                 if method == "ibp":
                     ibp_rate[B] = rate
                 print(f"{name:32s} {method:12s} {B:5d} {rate:10.1f} {100 / rate:12.3f} {ibp_rate[B] / rate:7.1f} "
                       f"{mib:9.1f} {unstable:12.1f}")
     if "crown" not in methods:
         return
-    rate, mib, unstable = run_isolated("MLP 784-256-256-10", "crown", 100, repeats, args.threads)
+    rate, mib, unstable = run_isolated("MLP 784-256-256-10", "crown", 100, repeats, args.threads, args.intermediate)
     ref = 0.5
     print(f"\nMLP 784-256-256-10, CROWN, batch 100: {100 / rate:.3f} s per 100 boxes, peak {mib:.0f} MiB, "
           f"{unstable:.0f} unstable/box; auto_LiRPA's reference figure {ref} s -> {ref / (100 / rate):.1f}x")
+
+
+def tightness(name: str, B: int = 30) -> None:
+    """Per rule: the largest change of any bound of a box between the batch and alone, and how
+    many pre-activation bounds are looser than IBP's and than pure CROWN's (``full``)."""
+    model, shape = NETS[name]()
+    model = model.double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(B, *shape, generator=g, dtype=torch.float64)
+    eps = torch.tensor([0.005, 0.01, 0.02, 0.03, 0.05], dtype=torch.float64)[torch.arange(B) % 5]
+    eps = eps.reshape(B, *[1] * len(shape))
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+
+    def flat(res: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.cat([p[0].flatten(1) for p in res.pre_activation], 1),
+                torch.cat([p[1].flatten(1) for p in res.pre_activation], 1))
+
+    with torch.no_grad():
+        ibp = flat(compute_bounds(model, lo, hi, method="ibp"))
+        pure = flat(compute_bounds(model, lo, hi, method="crown", intermediate="full"))
+        for rule in ("batch-union", "per-box"):
+            kw = {"method": "crown", "intermediate": rule, "intersect_ibp": False}
+            res = compute_bounds(model, lo, hi, **kw)
+            pl, pu = flat(res)
+            dep = 0.0
+            for b in range(B):
+                one = compute_bounds(model, lo[b: b + 1], hi[b: b + 1], **kw)
+                ol, ou = flat(one)
+                dep = max(dep, float((pl[b] - ol[0]).abs().max()), float((pu[b] - ou[0]).abs().max()),
+                          float((res.lower[b] - one.lower[0]).abs().max()))
+            n = pl.numel() * 2
+            vs_ibp = int((pl < ibp[0] - 1e-9).sum() + (pu > ibp[1] + 1e-9).sum())
+            worse = torch.cat([(pure[0] - pl).flatten(), (pu - pure[1]).flatten()])
+            unstable = int(((pl < 0) & (pu > 0)).sum()) / B
+            n_worse, max_worse = int((worse > 1e-9).sum()), float(worse.max())
+            print(f"{name:30s} {rule:12s} batch {B}: max |batch - alone| {dep:.3g}; pre-activation bounds looser "
+                  f"than IBP {vs_ibp}/{n}, than pure CROWN {n_worse}/{n} (max {max_worse:.3g}); "
+                  f"unstable/box {unstable:.1f}")
 
 
 NETS = {

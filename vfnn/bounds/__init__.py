@@ -9,14 +9,17 @@ module types), on the device and in the dtype of the box tensors.
 - ``crown-ibp``: IBP pre-activation bounds and one CROWN pass back from ``C @ y`` (Zhang et al.,
   2020): the cheap certified-training bound; differentiable.
 - ``crown``: backward linear relaxation (Zhang et al., 2018) with the adaptive lower slope;
-  every ReLU layer's pre-activation bounds are CROWN bounds too.  Computed exactly as
-  auto_LiRPA's ``compute_bounds(method="CROWN")`` (see :func:`~vfnn.bounds.propagate.crown_intermediate`),
-  then the output bounds are intersected with IBP's, so CROWN is never looser than IBP
-  (``intersect_ibp=False`` gives the raw auto_LiRPA-identical output bounds).  Differentiable.
+  every ReLU layer's pre-activation bounds are CROWN bounds too, for the neurons a reference
+  interval leaves unstable, intersected with that reference (see
+  :func:`~vfnn.bounds.propagate.crown_intermediate`): a box's bounds do not depend on the other
+  boxes of the batch and per neuron are never looser than IBP's.  ``intermediate="batch-union"``
+  gives auto_LiRPA's ``compute_bounds(method="CROWN")`` numbers exactly (batch dependence
+  included).  The output bounds are intersected with IBP's (``intersect_ibp=False``: the raw
+  CROWN output bounds).  Differentiable.
 - ``alpha-crown``: lower slopes of unstable neurons (for the output rows and for every
   intermediate layer) optimised jointly by projected Adam steps, as auto_LiRPA's
   ``CROWN-Optimized``; never looser than ``crown`` (elementwise best of both, also for the
-  pre-activation bounds).
+  pre-activation bounds), and like it independent of the batch-mates.
 - ``lbp``: forward linear bound propagation (Lyu et al., 2021, Theorem 1; :mod:`vfnn.bounds.lbp`):
   lower and upper linear functions of the input carried layer by layer, concretised by Hoelder.
 - ``crown-lbp``: LBP pre-activation bounds and one CROWN pass back from ``C @ y``; differentiable,
@@ -48,8 +51,10 @@ Method = Literal["ibp", "crown-ibp", "crown", "alpha-crown", "lbp", "crown-lbp"]
 METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "alpha-crown", "lbp", "crown-lbp")
 LowerLine = Literal["adaptive", "tight"]
 RELAXATIONS: tuple[str, ...] = ("adaptive", "tight")
+Intermediate = Literal["per-box", "batch-union", "full"]
+INTERMEDIATE: tuple[str, ...] = ("per-box", "batch-union", "full")  # = propagate.INTERMEDIATE_RULES
 
-__all__ = ["METHODS", "RELAXATIONS", "Bounds", "LowerLine", "Method", "compute_bounds"]
+__all__ = ["INTERMEDIATE", "METHODS", "RELAXATIONS", "Bounds", "Intermediate", "LowerLine", "Method", "compute_bounds"]
 
 
 @dataclass
@@ -78,21 +83,22 @@ def _spec_matrix(C: torch.Tensor | None, B: int, like: torch.Tensor) -> torch.Te
 
 
 def _alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None, steps: int,
-                 lr: float, tight: bool) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
-                                                  tuple[torch.Tensor, torch.Tensor]]:
-    """alpha-CROWN in groups of boxes (memory), never looser than CROWN on the whole batch."""
+                 lr: float, tight: bool, rule: Intermediate) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                                      tuple[torch.Tensor, torch.Tensor]]:
+    """alpha-CROWN in groups of boxes (memory), never looser than CROWN on the whole batch; a box's
+    result does not depend on its group (see :func:`~vfnn.bounds.propagate.alpha_crown`)."""
     import torch
 
     from vfnn.bounds.propagate import alpha_crown, alpha_group_size, crown_intermediate, crown_output
 
-    pre, relax = crown_intermediate(plan, lower, upper, tight)
+    pre, relax = crown_intermediate(plan, lower, upper, tight, rule)
     lo, hi = crown_output(plan, relax, lower, upper, C)
     k = lo.shape[1]
     g = alpha_group_size(plan, k)
     parts = []
     for s in range(0, lower.shape[0], g):
         Cs = C[s: s + g] if C is not None and C.dim() == 3 else C
-        parts.append(alpha_crown(plan, lower[s: s + g], upper[s: s + g], Cs, steps, lr, tight))
+        parts.append(alpha_crown(plan, lower[s: s + g], upper[s: s + g], Cs, steps, lr, tight, rule))
     lo = torch.max(lo, torch.cat([p[1][0] for p in parts]))
     hi = torch.min(hi, torch.cat([p[1][1] for p in parts]))
     pre = [(torch.max(pl, torch.cat([p[0][i][0] for p in parts])),
@@ -102,7 +108,8 @@ def _alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.
 
 def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None = None,
                    method: Method = "crown", *, alpha_steps: int = 20, alpha_lr: float = 0.1,
-                   intersect_ibp: bool = True, relaxation: LowerLine | None = None) -> Bounds:
+                   intersect_ibp: bool = True, relaxation: LowerLine | None = None,
+                   intermediate: Intermediate = "per-box") -> Bounds:
     """Bound ``model`` over the boxes ``[lower, upper]`` (each (B, *input_shape)).
 
     ``C``: (k, n_out) for every box or (B, k, n_out) per box; None bounds the outputs.
@@ -112,6 +119,10 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
     ``relaxation``: the lines of unstable neurons, ``"adaptive"`` or ``"tight"``; None is tight for
     ``lbp``/``crown-lbp`` and for networks with a kind whose ``default_relaxation`` is tight
     (ParamRamp), adaptive otherwise (IBP has no lines and ignores it).
+    ``intermediate``: how ``crown``/``alpha-crown`` choose the neurons CROWN refines
+    (:func:`~vfnn.bounds.propagate.crown_intermediate`): ``"per-box"`` (each box its own, a box's
+    bounds do not depend on the batch), ``"batch-union"`` (auto_LiRPA's, for its exact numbers) or
+    ``"full"`` (every neuron, no reference).
     """
     import torch
 
@@ -124,6 +135,8 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
         raise ValueError(f"unknown bound method {method!r}; choose from {', '.join(METHODS)}")
     if relaxation is not None and relaxation not in RELAXATIONS:
         raise ValueError(f"unknown relaxation {relaxation!r}; choose from {', '.join(RELAXATIONS)}")
+    if intermediate not in INTERMEDIATE:
+        raise ValueError(f"unknown intermediate rule {intermediate!r}; choose from {', '.join(INTERMEDIATE)}")
     if lower.shape != upper.shape:
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
     upper = upper.to(lower.dtype)
@@ -151,11 +164,11 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
         lo, hi = crown_output(plan, relax, lower, upper, C)
         return Bounds(pre, lo, hi)
     if method == "crown":
-        pre, relax = crown_intermediate(plan, lower, upper, tight)
+        pre, relax = crown_intermediate(plan, lower, upper, tight, intermediate)
         lo, hi = crown_output(plan, relax, lower, upper, C)
     else:
         with torch.no_grad():
-            pre, (lo, hi) = _alpha_crown(plan, lower, upper, C, alpha_steps, alpha_lr, tight)
+            pre, (lo, hi) = _alpha_crown(plan, lower, upper, C, alpha_steps, alpha_lr, tight, intermediate)
     if intersect_ibp:
         if method == "alpha-crown":
             with torch.no_grad():

@@ -11,6 +11,7 @@ GEMM or transposed convolution.
 from __future__ import annotations
 
 from math import prod
+from typing import Literal
 
 import torch
 
@@ -177,16 +178,48 @@ def _ibp_only(chain: list[Affine], first: bool) -> bool:
     return first and len(chain) == 1 and chain[0].kind.exact_under_ibp
 
 
-def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor,
-                       tight: bool = False) -> tuple[list[Interval], list[Relaxation]]:
-    """Pre-activation bounds of every ReLU layer, computed as auto_LiRPA's ``method="CROWN"``.
+IntermediateRule = Literal["per-box", "batch-union", "full"]
+INTERMEDIATE_RULES: tuple[str, ...] = ("per-box", "batch-union", "full")
+
+
+def _take_crown(rule: str, unstable: torch.Tensor) -> torch.Tensor:
+    """Which neurons (B, n) of each box take their CROWN bound, from the reference-unstable ones.
+
+    ``per-box``: box b's own unstable set, or all its neurons when that is more than
+    :data:`SPARSE_FRACTION` of the layer; ``batch-union``: auto_LiRPA's, the union over the batch
+    (all neurons past the fraction); ``full``: every neuron (CROWN without references)."""
+    B, n = unstable.shape
+    if rule == "full":
+        return torch.ones_like(unstable)
+    if rule == "batch-union":
+        locs = unstable.any(0)
+        if int(locs.sum()) > SPARSE_FRACTION * n:
+            locs = torch.ones_like(locs)
+        return locs.unsqueeze(0).expand(B, n)
+    full = unstable.sum(1) > SPARSE_FRACTION * n
+    return unstable | full.unsqueeze(1)
+
+
+def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, tight: bool = False,
+                       rule: IntermediateRule = "per-box") -> tuple[list[Interval], list[Relaxation]]:
+    """Pre-activation bounds of every ReLU layer by CROWN, refining only where it can matter.
 
     For layer i a reference interval is first propagated from layer i-1's bounds (IBP over one
-    chain).  Neurons stable under the reference (by the kind's relaxation) keep it; CROWN is run
-    from the neurons that are unstable for some box of the batch.  When those are more than 90%
-    of the layer, CROWN is run from every neuron and the reference is dropped.  This reproduces auto_LiRPA's default
-    (``sparse_intermediate_bounds``) exactly, which is what makes the results comparable.
-    ``tight``: the tight lower lines (:func:`relax_layer`) instead of the adaptive ones."""
+    chain).  With the default ``per-box`` rule each box takes CROWN on the neurons that are
+    unstable for *it* under its reference (by the kind's relaxation), or on all its neurons when
+    those are more than 90% of the layer, and keeps the tighter of CROWN and the reference per
+    neuron.  CROWN rows are computed once for the union of the boxes' sets, but a row's value for
+    a box does not depend on the other boxes, so neither does any box's result: a box's bounds are
+    the same alone as in any batch, and per neuron never looser than its reference, hence (by
+    induction) never looser than IBP.
+
+    ``batch-union`` is auto_LiRPA's ``sparse_intermediate_bounds`` exactly (the union of the batch's
+    unstable neurons replaces the reference, without intersection; past 90% the reference is
+    dropped): it reproduces auto_LiRPA's numbers, batch dependence included.  ``full`` runs CROWN
+    from every neuron with no reference ("pure" CROWN), for comparisons.  ``tight``: the tight
+    lower lines (:func:`relax_layer`) instead of the adaptive ones."""
+    if rule not in INTERMEDIATE_RULES:
+        raise ValueError(f"unknown intermediate rule {rule!r}; choose from {', '.join(INTERMEDIATE_RULES)}")
     B = lower.shape[0]
     center, diff = ((upper + lower) / 2.0).flatten(1), ((upper - lower) / 2.0).flatten(1)
     pre: list[Interval] = []
@@ -198,16 +231,20 @@ def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor,
             shape = plan.pre_shapes[i]
             rl, ru = ref_l.reshape(B, -1), ref_u.reshape(B, -1)
             # unstable as the kind sees it: l < 0 < u for ReLU (auto_LiRPA's test), either kink for ParamRamp
-            locs = plan.relax(i, ref_l, ref_u).unstable.reshape(B, -1).any(0)
+            take = _take_crown(rule, plan.relax(i, ref_l, ref_u).unstable.reshape(B, -1))
+            locs = take.any(0)
             count = int(locs.sum())
-            if 0 < count <= SPARSE_FRACTION * rl.shape[1]:
-                idx = locs.nonzero().squeeze(1)
+            if count:
+                idx = None if count == rl.shape[1] else locs.nonzero().squeeze(1)
                 cl, cu = crown_rows(plan, relax, i, idx, center, diff)
-                ref_l = rl.index_copy(1, idx, cl).reshape(B, *shape)
-                ref_u = ru.index_copy(1, idx, cu).reshape(B, *shape)
-            elif count > 0:
-                cl, cu = crown_rows(plan, relax, i, None, center, diff)
-                ref_l, ref_u = cl.reshape(B, *shape), cu.reshape(B, *shape)
+                sub_l, sub_u = (rl, ru) if idx is None else (rl[:, idx], ru[:, idx])
+                t = take if idx is None else take[:, idx]
+                if rule == "per-box":
+                    cl, cu = torch.maximum(sub_l, cl), torch.minimum(sub_u, cu)
+                new_l, new_u = torch.where(t, cl, sub_l), torch.where(t, cu, sub_u)
+                if idx is not None:
+                    new_l, new_u = rl.index_copy(1, idx, new_l), ru.index_copy(1, idx, new_u)
+                ref_l, ref_u = new_l.reshape(B, *shape), new_u.reshape(B, *shape)
         pre.append((ref_l, ref_u))
         relax.append(relax_layer(plan, i, ref_l, ref_u, tight))
     return pre, relax
@@ -232,9 +269,11 @@ def crown_output(plan: Plan, relax: list[Relaxation], lower: torch.Tensor, upper
     return torch.cat(los, 1), torch.cat(his, 1)
 
 
-def _refine_rows(plan: Plan, relax: list[Relaxation], i: int, rows: torch.Tensor, base: Interval,
-                 center: torch.Tensor, diff: torch.Tensor, alphas: list[torch.Tensor]) -> Interval:
-    """Layer i's bounds with its ``rows`` recomputed under ``alphas``, intersected with ``base``."""
+def _refine_rows(plan: Plan, relax: list[Relaxation], i: int, rows: torch.Tensor, take: torch.Tensor,
+                 base: Interval, center: torch.Tensor, diff: torch.Tensor, alphas: list[torch.Tensor]) -> Interval:
+    """Layer i's bounds with its ``rows`` recomputed under ``alphas``, intersected with ``base``;
+    box b takes the recomputed value only where ``take`` (B, rows) is set (its own unstable
+    neurons), so a box's bounds do not depend on which rows its batch-mates needed."""
     B = center.shape[0]
     shape = plan.pre_shapes[i]
     n = prod(shape)
@@ -242,9 +281,23 @@ def _refine_rows(plan: Plan, relax: list[Relaxation], i: int, rows: torch.Tensor
     eye[torch.arange(rows.numel(), device=eye.device), rows] = 1.0
     cl, cu = backward_bounds(plan, relax, i, eye.reshape(1, 1, rows.numel(), *shape), center, diff, alphas)
     bl, bu = base[0].reshape(B, -1), base[1].reshape(B, -1)
-    lo = bl.index_copy(1, rows, torch.max(bl[:, rows], cl)).reshape(B, *shape)
-    hi = bu.index_copy(1, rows, torch.min(bu[:, rows], cu)).reshape(B, *shape)
+    sl, su = bl[:, rows], bu[:, rows]
+    lo = bl.index_copy(1, rows, _tighter(cl, sl, take, 1.0)).reshape(B, *shape)
+    hi = bu.index_copy(1, rows, _tighter(cu, su, take, -1.0)).reshape(B, *shape)
     return lo, hi
+
+
+def _tighter(new: torch.Tensor, base: torch.Tensor, take: torch.Tensor, sign: float) -> torch.Tensor:
+    """``max(base, new)`` (sign 1; min for -1) where ``take``, else ``base``, with the gradient
+    going to ``new`` wherever it is within rounding of ``base`` or tighter.
+
+    At the first alpha step ``new`` equals ``base`` up to rounding, and which side a plain max
+    sends the gradient to would then depend on the rounding, which depends on how many rows and
+    boxes share the computation: that made alpha-CROWN's result depend on the batch-mates."""
+    tol = torch.finfo(base.dtype).eps ** 0.5 * (1.0 + base.abs())
+    best = torch.max(base, new) if sign > 0 else torch.min(base, new)
+    live = take & (sign * (new - base) >= -tol)
+    return torch.where(live, new + (best - new).detach(), base)
 
 
 def alpha_group_size(plan: Plan, k: int) -> int:
@@ -256,20 +309,23 @@ def alpha_group_size(plan: Plan, k: int) -> int:
 
 
 def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None, steps: int,
-                lr: float, tight: bool = False) -> tuple[list[Interval], Interval]:
+                lr: float, tight: bool = False,
+                rule: IntermediateRule = "per-box") -> tuple[list[Interval], Interval]:
     """alpha-CROWN: optimise the lower slopes of unstable neurons with projected Adam steps.
 
     As auto_LiRPA's ``CROWN-Optimized``, slopes exist per (box, side, bounded row, neuron) for the
-    output rows *and* for every intermediate layer's CROWN-unstable neurons, and all of them are
-    optimised jointly for the output bounds (the intermediate bounds are recomputed each step,
-    intersected with CROWN's).  Layers whose slope tensors would exceed a memory budget keep
-    CROWN's bounds.  The tightest bounds seen (intermediate and output) are returned.  The model
-    parameters receive no gradients (``torch.autograd.grad`` w.r.t. the slopes only).  ``tight``:
-    CROWN's starting bounds and slopes use the tight lower lines."""
+    output rows *and* for every intermediate layer's CROWN-unstable neurons (each box's own), and
+    all of them are optimised jointly for the output bounds (the intermediate bounds are recomputed
+    each step, intersected with CROWN's).  A box whose slope tensors for a layer would exceed a
+    memory budget keeps CROWN's bounds there.  Adam is elementwise and each box's loss depends on
+    its own slopes only, so a box's result does not depend on the other boxes of ``lower``.  The
+    tightest bounds seen (intermediate and output) are returned.  The model parameters receive no
+    gradients (``torch.autograd.grad`` w.r.t. the slopes only).  ``tight``: CROWN's starting
+    bounds and slopes use the tight lower lines; ``rule``: CROWN's (:func:`crown_intermediate`)."""
     B = lower.shape[0]
     center, diff = ((upper + lower) / 2.0).flatten(1), ((upper - lower) / 2.0).flatten(1)
     with torch.no_grad():
-        pre0, relax0 = crown_intermediate(plan, lower, upper, tight)
+        pre0, relax0 = crown_intermediate(plan, lower, upper, tight, rule)
         pre0 = [(lo.detach(), hi.detach()) for lo, hi in pre0]
         relax0 = [relax_layer(plan, i, lo, hi, tight) for i, (lo, hi) in enumerate(pre0)]
         best_l, best_u = crown_output(plan, relax0, lower, upper, C)
@@ -284,13 +340,21 @@ def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.T
         return [r.lower_d.unsqueeze(1).unsqueeze(1).expand(B, 2, m, *r.lower_d.shape[1:]).clone().requires_grad_(True)
                 for r in relax0[:upto]]
 
+    # Per box, the intermediate rows optimised are its own CROWN-unstable neurons, and a layer is
+    # skipped for a box when its rows for a full group of boxes would exceed the memory budget
+    # (a test on the box alone, not on the batch, so that no box depends on its group-mates).
+    group = alpha_group_size(plan, k)
     rows: dict[int, torch.Tensor] = {}
+    takes: dict[int, torch.Tensor] = {}
     inter: dict[int, list[torch.Tensor]] = {}
     for i in range(1, plan.n_relu):
         lo, hi = pre0[i]
-        idx = ((lo.reshape(B, -1) < 0) & (hi.reshape(B, -1) > 0)).any(0).nonzero().squeeze(1)
-        if idx.numel() and B * 2 * idx.numel() * _path_numel(plan, i) <= 2 * ELEMENT_BUDGET:
-            rows[i], inter[i] = idx, slopes(idx.numel(), i)
+        unstable = (lo.reshape(B, -1) < 0) & (hi.reshape(B, -1) > 0)
+        fits = group * 2 * unstable.sum(1) * _path_numel(plan, i) <= 2 * ELEMENT_BUDGET
+        unstable = unstable & fits.unsqueeze(1)
+        idx = unstable.any(0).nonzero().squeeze(1)
+        if idx.numel():
+            rows[i], takes[i], inter[i] = idx, unstable[:, idx], slopes(idx.numel(), i)
     final = slopes(k, plan.n_relu)
     params = final + [a for v in inter.values() for a in v]
     opt = torch.optim.Adam(params, lr=lr)
@@ -299,7 +363,7 @@ def alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.T
     def evaluate() -> tuple[list[Interval], Interval]:
         pre, relax = list(pre0), list(relax0)
         for i, idx in rows.items():
-            pre[i] = _refine_rows(plan, relax, i, idx, pre0[i], center, diff, inter[i])
+            pre[i] = _refine_rows(plan, relax, i, idx, takes[i], pre0[i], center, diff, inter[i])
             relax[i] = relax_layer(plan, i, *pre[i], tight)
         return pre, crown_output(plan, relax, lower, upper, C, final)
 
