@@ -122,8 +122,8 @@ def unstable_record(network: Network, spec: Spec, method: str = "crown") -> Unst
     for i, r in enumerate(rows):
         C[i, : r.shape[0]] = r
     model = network.to_torch().double()
-    # One box at a time: auto_LiRPA's batched CROWN (which compute_bounds reproduces) picks the
-    # neurons it refines from the whole batch, so a record must not depend on how cases are grouped.
+    # One box at a time, so that a record never depends on how cases are grouped, whatever
+    # ``intermediate`` rule compute_bounds is asked for (its default is per box already).
     pre: list[tuple[torch.Tensor, torch.Tensor]] = []
     out_lo, out_hi = [], []
     with torch.no_grad():
