@@ -179,6 +179,15 @@ def test_a_pruned_recipe_is_the_last_round_of_vfnn_prune_of_its_base(tmp_path: P
     assert code == 2 and "was pruned with rate=0.25" in err
 
 
+def test_prune_settings_left_out_take_vfnn_prunes_defaults(tmp_path: Path) -> None:
+    text = PRUNED.replace('{ of = "ce", criterion = "nrs", rate = 0.25, rounds = 2, rewind-epoch = 1 }',
+                          '{ of = "ce" }')
+    pruned = load_study(write(tmp_path, text), out=tmp_path / "o").runs[1]
+    assert pruned.pruning is not None and (pruned.pruning.criterion, pruned.pruning.rate, pruned.pruning.rounds,
+                                           pruned.pruning.rewind_epoch) == ("nrs", 0.11, 12, 8)
+    assert pruned.run_dir.name == "round-12"
+
+
 @pytest.mark.parametrize("prune, message", [
     ('{ of = "nope" }', "name another, trained recipe"),
     ('{ of = "ce", criterion = "size" }', "criterion 'size'"),

@@ -35,6 +35,7 @@ command line, parsed by the train command's own options, so a study can say what
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 import sys
 from dataclasses import dataclass, field
@@ -73,13 +74,14 @@ PRUNE_KEYS: dict[str, type | tuple[type, ...]] = {"of": str, "criterion": str, "
 
 @dataclass(frozen=True)
 class Pruning:
-    """A pruned recipe: ``vfnn prune`` of the ``of`` recipe's run; the model is the last round's."""
+    """A pruned recipe: ``vfnn prune`` of the ``of`` recipe's run; the model is the last round's.
+    Settings the file leaves out take ``vfnn prune``'s defaults (:func:`vfnn.train.prune.prune_run`)."""
 
     of: str
-    criterion: str = "nrs"
-    rate: float = 0.11
-    rounds: int = 3
-    rewind_epoch: int = 2
+    criterion: str
+    rate: float
+    rounds: int
+    rewind_epoch: int
 
 
 @dataclass(frozen=True)
@@ -335,7 +337,7 @@ def _runs(doc: dict, head: dict, recipes: list[str], seeds: list[int], where: _W
 
 def _pruning(doc: dict, r: str, recipes: list[str], where: _Where) -> Pruning:
     """A recipe's ``prune = {of = "RECIPE", criterion, rate, rounds, rewind-epoch}`` table, checked."""
-    from vfnn.train.prune import CRITERIA
+    from vfnn.train.prune import CRITERIA, prune_run
 
     table = _table_name("recipes", r)
     recipe = doc["recipes"][r]
@@ -355,8 +357,10 @@ def _pruning(doc: dict, r: str, recipes: list[str], where: _Where) -> Pruning:
     if of not in recipes or of == r or "prune" in doc["recipes"][of]:
         raise where.error(table, "prune", f"of = {of!r}: name another, trained recipe of the study "
                           f"({', '.join(x for x in recipes if 'prune' not in doc['recipes'][x])})")
-    p = Pruning(of, spec.get("criterion", "nrs"), float(spec.get("rate", 0.11)), spec.get("rounds", 3),
-                spec.get("rewind-epoch", 2))
+    defaults = inspect.signature(prune_run).parameters
+    settings = {name: spec.get(name.replace("_", "-"), defaults[name].default)
+                for name in ("criterion", "rate", "rounds", "rewind_epoch")}
+    p = Pruning(of, **{**settings, "rate": float(settings["rate"])})
     if p.criterion not in CRITERIA:
         raise where.error(table, "prune", f"criterion {p.criterion!r}: choose from {', '.join(CRITERIA)}")
     if not 0 < p.rate < 1 or p.rounds < 1 or p.rewind_epoch < 0:
