@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def study_cmd(study_file: str, out: str | None, data_dir: str | None, phases: tu
                f"per class, verifiers {', '.join(study.verifiers)}, {study.timeout:g} s per job -> {study.out}")
     if check:
         for run in study.runs:
-            click.echo(f"  {run.label}: {run.command}")
+            click.echo(f"  {run.label}: {shlex.join(run.command)}")
         return
     outcome = run_study(study, console, tuple(p for p in PHASES if not phases or p in phases), not quiet)
     if outcome.interrupted:

@@ -107,12 +107,13 @@ class ModelRun:
         return self.run_dir.parent
 
     @property
-    def command(self) -> str:
+    def command(self) -> list[str]:
+        """The command line that makes this model (shown by ``--check``, logged in its config.json)."""
         if self.pruning is None or self.base is None:
-            return f"vfnn train {' '.join(self.argv)} --out {self.run_dir}"
+            return ["vfnn", "train", *self.argv, "--out", str(self.run_dir)]
         p = self.pruning
-        return (f"vfnn prune {self.base.run_dir} --criterion {p.criterion} --rate {p.rate:g} --rounds {p.rounds} "
-                f"--rewind-epoch {p.rewind_epoch} --out {self.prune_dir}")
+        return ["vfnn", "prune", str(self.base.run_dir), "--criterion", p.criterion, "--rate", f"{p.rate:g}",
+                "--rounds", str(p.rounds), "--rewind-epoch", str(p.rewind_epoch), "--out", str(self.prune_dir)]
 
 
 @dataclass

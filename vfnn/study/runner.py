@@ -153,7 +153,7 @@ def _prune(study: Study, run: ModelRun) -> None:
     p = run.pruning
     overrides: dict = {"threads": 1, **({"data_dir": study.data_dir} if study.data_dir else {})}
     prune_run(run.base.run_dir, p.criterion, p.rate, p.rounds, p.rewind_epoch, run.prune_dir, overwrite=True,
-              overrides=overrides, argv=run.command.split())
+              overrides=overrides, argv=run.command)
 
 
 def _check_pruning_unchanged(run: ModelRun) -> None:
