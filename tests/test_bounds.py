@@ -420,6 +420,82 @@ def test_tight_lines_match_pure_crown_where_it_matters(builder, trained: str | N
         assert torch.all(ol <= pl + 1e-8) and torch.all(ou >= pu - 1e-8)  # the reference is kept elsewhere
 
 
+def deep_cnn(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """Windows that outgrow their maps (rows turn dense mid-way), batch-norm, ParamRamp on maps,
+    pooling between convolutions, a convolution's bias seen through a padded one (no activation
+    between) and odd, non-square shapes."""
+    g = torch.Generator().manual_seed(seed + 300)
+    bn = nn.BatchNorm2d(6)
+    m = nn.Sequential(
+        ElementwiseAffineModule(torch.rand(3, 11, 10, generator=g) + 0.5, torch.randn(3, 11, 10, generator=g) * 0.1),
+        nn.Conv2d(3, 6, 3, stride=1, padding=2), nn.ReLU(), bn,
+        nn.Conv2d(6, 5, 4, stride=2, padding=1), ParamRampModule(torch.rand(5, 6, 6, generator=g), 0.01),
+        nn.AvgPool2d(2, 1), nn.Conv2d(5, 4, 1), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(36, 3))
+    m = _init(m, seed)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(6, generator=g, dtype=torch.float64) * 0.1)
+        bn.running_var.copy_(torch.rand(6, generator=g, dtype=torch.float64) + 0.5)
+    return m, (3, 11, 10)
+
+
+@pytest.mark.parametrize("builder", [cnn, deep_cnn])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_patches_rows_equal_dense_rows(builder, seed: int) -> None:
+    """Rows of image layers carried as patches (and turned dense where a window outgrows its map)
+    bound every neuron exactly as dense back-substitution does, box by box."""
+    from math import prod
+
+    from vfnn.bounds.plan import make_plan
+    from vfnn.bounds.propagate import backward_bounds, crown_intermediate, patch_bounds
+
+    model, shape = builder(seed)
+    plan = make_plan(model, shape)
+    lo, hi = _boxes(shape, 3, 0.3, seed)
+    _, relax = crown_intermediate(plan, lo, hi)
+    center, diff = ((hi + lo) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
+    g = torch.Generator().manual_seed(seed)
+    checked = 0
+    for i in range(plan.n_relu):
+        out = plan.chain_out_shape(i)
+        if len(out) != 3:
+            continue
+        n = prod(out)
+        rows = torch.randperm(n, generator=g)[: min(n, 40)]
+        eye = torch.zeros(rows.numel(), n, dtype=torch.float64)
+        eye[torch.arange(rows.numel()), rows] = 1.0
+        want = backward_bounds(plan, relax, i, eye.reshape(1, 1, rows.numel(), *out), center, diff)
+        got = patch_bounds(plan, relax, i, rows, center, diff)
+        for a, b in zip(got, want, strict=True):
+            assert torch.allclose(a, b, rtol=0, atol=1e-10), (i, (a - b).abs().max())
+        assert (want[1] - want[0]).min() > 0  # not a degenerate comparison
+        checked += 1
+    assert checked == (2 if builder is cnn else 4)
+
+
+@pytest.mark.parametrize(("channels", "hw", "kernel", "stride", "padding", "in_hw"), [
+    ((5, 1), (4, 4), 3, (2, 2), (1, 1), (8, 8)),  # GEMM + col2im: few input channels, output padding
+    ((5, 2), (1, 1), 3, (2, 1), (0, 0), (3, 3)),  # from a 1x1 map
+    ((3, 8), (5, 3), 2, (1, 2), (1, 0), (4, 7)),  # torch's transposed convolution, output padding
+])
+def test_transposed_conv_is_the_transpose_of_the_convolution(channels, hw, kernel, stride, padding, in_hw) -> None:
+    """<A, conv(x)> = <transposed_conv(A), x> for both ways of computing it."""
+    import torch.nn.functional as F
+
+    from vfnn.layers.conv import transposed_conv
+
+    co, ci = channels
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(co, ci, kernel, kernel, generator=g, dtype=torch.float64)
+    x = torch.randn(2, ci, *in_hw, generator=g, dtype=torch.float64)
+    y = F.conv2d(x, w, None, stride, padding)
+    assert y.shape[-2:] == hw
+    A = torch.randn(2, co, *hw, generator=g, dtype=torch.float64)
+    back = transposed_conv(A, w, stride, padding, in_hw)
+    assert back.shape == x.shape
+    assert torch.allclose((A * y).sum((1, 2, 3)), (back * x).sum((1, 2, 3)), atol=1e-10)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu() -> None:
     model, shape = cnn(6)

@@ -10,11 +10,13 @@ GEMM or transposed convolution.
 
 from __future__ import annotations
 
+import dataclasses
 from math import prod
 from typing import Literal
 
 import torch
 
+from vfnn.bounds.patches import Patches
 from vfnn.bounds.plan import Affine, Plan
 from vfnn.layers import Relaxation
 
@@ -82,27 +84,37 @@ def relax_layer(plan: Plan, i: int, lower: torch.Tensor, upper: torch.Tensor, ti
 # -- backward (CROWN) -------------------------------------------------------------------------------
 def _relu_backward(A: torch.Tensor, bias: torch.Tensor, rx: Relaxation,
                    alpha: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace activation outputs by their linear bounds, choosing by the sign of each coefficient.
+    """Replace activation outputs by their linear bounds (the lines ``rx`` of the whole layer).
 
     ``alpha`` (B, 2, m, *shape), if given, replaces the lower slope of unstable neurons
     (index 0 for the lower-bound rows, 1 for the upper-bound rows); ReLU relaxations only."""
-    nd = rx.upper_d.dim() - 1
-    ud, ub = rx.upper_d.unsqueeze(1), rx.upper_b.unsqueeze(1)
     if alpha is None:
         ld_l = ld_u = rx.lower_d.unsqueeze(1)
     else:
         a = alpha.clamp(0, 1) * rx.unstable.unsqueeze(1).unsqueeze(1) + rx.active.unsqueeze(1).unsqueeze(1)
         ld_l, ld_u = a[:, 0], a[:, 1]
+    lb = None if rx.lower_b is None else rx.lower_b.unsqueeze(1)
+    return substitute_lines(A, bias, (ld_l, ld_u), rx.upper_d.unsqueeze(1), rx.upper_b.unsqueeze(1), lb,
+                            rx.upper_d.dim() - 1)
+
+
+def substitute_lines(A: torch.Tensor, bias: torch.Tensor, lower_d: tuple[torch.Tensor, torch.Tensor],
+                     upper_d: torch.Tensor, upper_b: torch.Tensor, lower_b: torch.Tensor | None,
+                     nd: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The functions ``A`` (Bb, P, m, ...) of activation outputs as functions of their inputs,
+    choosing each neuron's lower or upper line by the sign of its coefficient.  The lines
+    (``lower_d`` for the lower- and the upper-bound rows) broadcast against ``A[:, 0]``; ``nd``
+    trailing axes are the neurons (summed into the constant term)."""
+    ld_l, ld_u = lower_d
     lA, uA = A[:, 0], A[:, -1]
-    l_neg, u_pos = lA.clamp(max=0), uA.clamp(min=0)
-    new_l = (lA - l_neg) * ld_l + l_neg * ud
-    new_u = u_pos * ud + (uA - u_pos) * ld_u
-    add_l = (l_neg * ub).flatten(-nd).sum(-1)
-    add_u = (u_pos * ub).flatten(-nd).sum(-1)
-    if rx.lower_b is not None:  # lower lines with an intercept (not ReLU's)
-        lb = rx.lower_b.unsqueeze(1)
-        add_l = add_l + ((lA - l_neg) * lb).flatten(-nd).sum(-1)
-        add_u = add_u + ((uA - u_pos) * lb).flatten(-nd).sum(-1)
+    # One select and one product per side (fewer passes over A than clamping it into parts).
+    new_l = lA * torch.where(lA < 0, upper_d, ld_l)
+    new_u = uA * torch.where(uA > 0, upper_d, ld_u)
+    add_l = (lA.clamp(max=0) * upper_b).flatten(-nd).sum(-1)
+    add_u = (uA.clamp(min=0) * upper_b).flatten(-nd).sum(-1)
+    if lower_b is not None:  # lower lines with an intercept (not ReLU's)
+        add_l = add_l + (lA.clamp(min=0) * lower_b).flatten(-nd).sum(-1)
+        add_u = add_u + (uA.clamp(max=0) * lower_b).flatten(-nd).sum(-1)
     return torch.stack((new_l, new_u), 1), bias + torch.stack((add_l, add_u), 1)
 
 
@@ -121,19 +133,62 @@ def _concretize(A: torch.Tensor, bias: torch.Tensor, center: torch.Tensor, diff:
     return ac[:, 0] - ad[:, 0] + bias[:, 0], ac[:, -1] + ad[:, -1] + bias[:, -1]
 
 
+Step = Affine | int  # an affine module, or the index of the activation layer to pass back through
+
+
+def backward_steps(plan: Plan, start: int) -> list[Step]:
+    """What back-substitution from the output of ``chains[start]`` to the input passes, in order."""
+    steps: list[Step] = []
+    for j in range(start, -1, -1):
+        steps += reversed(plan.chains[j])
+        if j > 0:
+            steps.append(j - 1)
+    return steps
+
+
+def substitute(steps: list[Step], relax: list[Relaxation], A: torch.Tensor, bias: torch.Tensor,
+               center: torch.Tensor, diff: torch.Tensor, alphas: list[torch.Tensor] | None = None) -> Interval:
+    """Bounds of the functions ``A`` (with constant ``bias``) of the map before ``steps``, by
+    back-substitution through them to the input box."""
+    for step in steps:
+        if isinstance(step, Affine):
+            A, b = step.backward(A)
+            if b is not None:
+                bias = bias + b
+        else:
+            A, bias = _relu_backward(A, bias, relax[step], None if alphas is None else alphas[step])
+    return _concretize(A, bias, center, diff)
+
+
 def backward_bounds(plan: Plan, relax: list[Relaxation], start: int, A: torch.Tensor, center: torch.Tensor,
                     diff: torch.Tensor, alphas: list[torch.Tensor] | None = None) -> Interval:
     """Bounds of the functions ``A`` (Bb, 1, m, *shape) of the output of ``chains[start]``,
     by back-substitution to the input box."""
     bias = torch.zeros(A.shape[:3], dtype=A.dtype, device=A.device)
-    for j in range(start, -1, -1):
-        for aff in reversed(plan.chains[j]):
-            A, b = aff.backward(A)
-            if b is not None:
-                bias = bias + b
-        if j > 0:
-            A, bias = _relu_backward(A, bias, relax[j - 1], None if alphas is None else alphas[j - 1])
-    return _concretize(A, bias, center, diff)
+    return substitute(backward_steps(plan, start), relax, A, bias, center, diff, alphas)
+
+
+def patch_bounds(plan: Plan, relax: list[Relaxation], start: int, rows: torch.Tensor, center: torch.Tensor,
+                 diff: torch.Tensor) -> Interval:
+    """:func:`backward_bounds` of the unit rows ``rows`` of an image map (``chains[start]``'s
+    output, (C, H, W)) carried as patches while that is cheaper (:mod:`vfnn.bounds.patches`)."""
+    p = Patches.unit_rows(rows, plan.chain_out_shape(start), center.dtype)
+    steps = backward_steps(plan, start)
+    for k, step in enumerate(steps):
+        q = None if p.covers_map() else _activation_patches(p, relax[step]) if isinstance(step, int) else \
+            step.kind.backward_patches(step.module, p, step.in_shape)
+        if q is None:
+            return substitute(steps[k:], relax, p.dense(), p.bias, center, diff)
+        p = q
+    return p.concretize(center, diff)
+
+
+def _activation_patches(p: Patches, rx: Relaxation) -> Patches:
+    """Activation outputs replaced by their linear bounds, the lines cut to each row's window."""
+    ld = p.cut(rx.lower_d)
+    lb = None if rx.lower_b is None else p.cut(rx.lower_b)
+    A, bias = substitute_lines(p.A, p.bias, (ld, ld), p.cut(rx.upper_d), p.cut(rx.upper_b), lb, 3)
+    return dataclasses.replace(p, A=A, bias=bias)
 
 
 def _path_numel(plan: Plan, start: int) -> int:
@@ -152,9 +207,12 @@ def crown_rows(plan: Plan, relax: list[Relaxation], start: int, rows: torch.Tens
     los, his = [], []
     for s in range(0, idx.numel(), chunk):
         r = idx[s: s + chunk]
-        eye = torch.zeros(r.numel(), n, dtype=center.dtype, device=center.device)
-        eye[torch.arange(r.numel(), device=eye.device), r] = 1.0
-        lo, hi = backward_bounds(plan, relax, start, eye.reshape(1, 1, r.numel(), *shape), center, diff)
+        if len(shape) == 3:
+            lo, hi = patch_bounds(plan, relax, start, r, center, diff)
+        else:
+            eye = torch.zeros(r.numel(), n, dtype=center.dtype, device=center.device)
+            eye[torch.arange(r.numel(), device=eye.device), r] = 1.0
+            lo, hi = backward_bounds(plan, relax, start, eye.reshape(1, 1, r.numel(), *shape), center, diff)
         los.append(lo)
         his.append(hi)
     return torch.cat(los, 1), torch.cat(his, 1)

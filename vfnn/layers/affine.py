@@ -18,6 +18,7 @@ from vfnn.layers.dense import Dense
 if TYPE_CHECKING:
     import onnx
 
+    from vfnn.bounds.patches import Patches
     from vfnn.onnx_io import Importer
 
 
@@ -95,6 +96,10 @@ class ElementwiseAffine(AffineLayer):
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         bias = (A * m.shift.to(A.dtype)).flatten(-len(in_shape)).sum(-1)
         return A * m.scale.to(A.dtype), bias
+
+    @classmethod
+    def backward_patches(cls, m: nn.Module, p: Patches, in_shape: Shape) -> Patches:
+        return p.through_elementwise(m.scale, m.shift)
 
     # -- verifiers
     def linear_map(self, shape: Shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -13,11 +13,12 @@ from torch import nn
 
 from vfnn.errors import ModelError
 from vfnn.layers.base import AffineLayer, Layer, OnnxPart, Shape, pair
-from vfnn.layers.conv import Conv2d, output_padding
+from vfnn.layers.conv import Conv2d, transposed_conv
 
 if TYPE_CHECKING:
     import onnx
 
+    from vfnn.bounds.patches import Patches
     from vfnn.onnx_io import Importer
 
 
@@ -77,10 +78,15 @@ class AvgPool2d(AffineLayer):
         kh, kw = pair(m.kernel_size)
         c = in_shape[0]
         w = torch.full((c, 1, kh, kw), 1.0 / (kh * kw), dtype=A.dtype, device=A.device)
-        flat = A.reshape(-1, *out_shape)
-        pad = output_padding(in_shape, out_shape, (kh, kw), pair(m.stride), (0, 0))
-        new = F.conv_transpose2d(flat, w, None, pair(m.stride), 0, pad, groups=c)
+        new = transposed_conv(A.reshape(-1, *out_shape), w, pair(m.stride), (0, 0), in_shape[1:], groups=c)
         return new.reshape(*lead, *in_shape), None
+
+    @classmethod
+    def backward_patches(cls, m: nn.Module, p: Patches, in_shape: Shape) -> Patches:
+        kh, kw = pair(m.kernel_size)
+        c = in_shape[0]
+        w = torch.full((c, 1, kh, kw), 1.0 / (kh * kw), dtype=p.A.dtype, device=p.A.device)
+        return p.through_conv(w, None, pair(m.stride), (0, 0), in_shape, groups=c)
 
     # -- MILP
     def linear_map(self, shape: Shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ from vfnn.errors import ModelError
 if TYPE_CHECKING:
     import onnx
 
+    from vfnn.bounds.patches import Patches
     from vfnn.onnx_io import Importer
     from vfnn.verifiers.milp import Encoding
 
@@ -207,6 +208,12 @@ class AffineLayer(Layer):
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``A`` (..., *out_shape) holds linear functions of the output; return the same functions
         of the input (..., *in_shape) and the constant term (...), None when there is none."""
+
+    @classmethod
+    def backward_patches(cls, m: nn.Module, p: Patches, in_shape: Shape) -> Patches | None:
+        """:meth:`backward` for rows kept as patches (:mod:`vfnn.bounds.patches`), or None when
+        the kind has no patches form (the rows then continue densely)."""
+        return None
 
     @abstractmethod
     def linear_map(self, shape: Shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

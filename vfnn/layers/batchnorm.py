@@ -13,7 +13,7 @@ no batch-norm at all.  The ONNX operator BatchNormalization is imported by Eleme
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from vfnn.errors import ModelError
 from vfnn.layers.affine import ElementwiseAffine
 from vfnn.layers.base import AffineLayer, Layer, OnnxPart, Shape, numpy_of, tensor_of
 from vfnn.layers.dense import Dense
+
+if TYPE_CHECKING:
+    from vfnn.bounds.patches import Patches
 
 
 def eval_affine(m: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +122,10 @@ class BatchNorm(AffineLayer):
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         scale, shift = eval_affine(m, A)
         return A * scale, (A * shift).flatten(-len(in_shape)).sum(-1)
+
+    @classmethod
+    def backward_patches(cls, m: nn.Module, p: Patches, in_shape: Shape) -> Patches:
+        return p.through_elementwise(*eval_affine(m, p.A))
 
     # -- verifiers
     def linear_map(self, shape: Shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
