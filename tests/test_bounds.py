@@ -97,6 +97,31 @@ def test_sampled_points_lie_within_all_bounds(builder, seed: int) -> None:
             assert torch.all(cy <= res.upper[b] + 1e-9), method
 
 
+@pytest.mark.parametrize("builder", [mlp, cnn, ramp_mlp])
+@pytest.mark.parametrize("method", ["crown", "crown-ibp", "crown-lbp"])
+def test_lower_lines_bound_sampled_points_and_give_the_crown_bound(builder, method: str) -> None:
+    """``lines=True``: ``A x + bias <= C f(x)`` on sampled points of each box, and the minimum of
+    the lines over the box is the raw CROWN lower bound (the one before intersecting with IBP)."""
+    model, shape = builder(3)
+    B = 3
+    lower, upper = _boxes(shape, B, 0.3, 3)
+    n_out = model(lower).flatten(1).shape[1]
+    C = torch.randn(B, 4, n_out, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    res = compute_bounds(model, lower, upper, C, method=method, lines=True, intersect_ibp=False)
+    A, bias = res.lower_lines
+    lo, hi = lower.flatten(1), upper.flatten(1)
+    at_min = (A.clamp(min=0) * lo.unsqueeze(1) + A.clamp(max=0) * hi.unsqueeze(1)).sum(-1) + bias
+    assert torch.allclose(at_min, res.lower, atol=1e-9)
+    g = torch.Generator().manual_seed(9)
+    for b in range(B):
+        x = lower[b] + torch.rand(2000, *shape, generator=g, dtype=torch.float64) * (upper[b] - lower[b])
+        with torch.no_grad():
+            cy = model(x).flatten(1) @ C[b].T
+        assert torch.all(cy >= x.flatten(1) @ A[min(b, A.shape[0] - 1)].T + bias[min(b, bias.shape[0] - 1)] - 1e-9)
+    with pytest.raises(ValueError, match="lines"):
+        compute_bounds(model, lower, upper, C, method="ibp", lines=True)
+
+
 @pytest.mark.parametrize("builder", [mlp, cnn])
 def test_crown_never_looser_than_ibp_and_alpha_never_looser_than_crown(builder) -> None:
     model, shape = builder(5)

@@ -62,11 +62,15 @@ class Bounds:
     """Result of :func:`compute_bounds`.
 
     ``pre_activation[i]`` is (lower, upper) of the input of ReLU layer i, each (B, *layer_shape);
-    ``lower``/``upper`` are (B, k) bounds of ``C @ y`` (of ``y`` itself when C is None)."""
+    ``lower``/``upper`` are (B, k) bounds of ``C @ y`` (of ``y`` itself when C is None).
+    ``lower_lines`` (``compute_bounds(..., lines=True)``) is CROWN's linear lower bound of
+    ``C @ y`` in terms of the input, ``(A, bias)`` of shapes (B or 1, k, n_in) and (B or 1, k):
+    ``C @ y >= A x + bias`` for every x in the box (before any intersection with IBP)."""
 
     pre_activation: list[tuple[torch.Tensor, torch.Tensor]]
     lower: torch.Tensor
     upper: torch.Tensor
+    lower_lines: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _spec_matrix(C: torch.Tensor | None, B: int, like: torch.Tensor) -> torch.Tensor | None:
@@ -109,7 +113,7 @@ def _alpha_crown(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, C: torch.
 def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor | None = None,
                    method: Method = "crown", *, alpha_steps: int = 20, alpha_lr: float = 0.1,
                    intersect_ibp: bool = True, relaxation: LowerLine | None = None,
-                   intermediate: Intermediate = "per-box") -> Bounds:
+                   intermediate: Intermediate = "per-box", lines: bool = False) -> Bounds:
     """Bound ``model`` over the boxes ``[lower, upper]`` (each (B, *input_shape)).
 
     ``C``: (k, n_out) for every box or (B, k, n_out) per box; None bounds the outputs.
@@ -123,12 +127,15 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
     (:func:`~vfnn.bounds.propagate.crown_intermediate`): ``"per-box"`` (each box its own, a box's
     bounds do not depend on the batch), ``"batch-union"`` (auto_LiRPA's, for its exact numbers) or
     ``"full"`` (every neuron, no reference).
+    ``lines``: also return CROWN's lower linear bounds of ``C @ y`` (``Bounds.lower_lines``; the
+    methods with one CROWN pass from the output: crown, crown-ibp, crown-lbp), e.g. to shrink a
+    box to where a property can fail.
     """
     import torch
 
     from vfnn.bounds.lbp import lbp
     from vfnn.bounds.plan import make_plan
-    from vfnn.bounds.propagate import crown_intermediate, crown_output, ibp, relax_layer
+    from vfnn.bounds.propagate import crown_intermediate, crown_lines, crown_output, ibp, relax_layer
     from vfnn.errors import ModelError
 
     if method not in METHODS:
@@ -137,6 +144,8 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
         raise ValueError(f"unknown relaxation {relaxation!r}; choose from {', '.join(RELAXATIONS)}")
     if intermediate not in INTERMEDIATE:
         raise ValueError(f"unknown intermediate rule {intermediate!r}; choose from {', '.join(INTERMEDIATE)}")
+    if lines and method not in ("crown", "crown-ibp", "crown-lbp"):
+        raise ValueError(f"lines are given by crown, crown-ibp and crown-lbp, not {method}")
     if lower.shape != upper.shape:
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ in shape")
     upper = upper.to(lower.dtype)
@@ -162,7 +171,8 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
             pre, _ = lbp(plan, lower, upper, None, tight, output=False)
         relax = [relax_layer(plan, i, pl, pu, tight) for i, (pl, pu) in enumerate(pre)]
         lo, hi = crown_output(plan, relax, lower, upper, C)
-        return Bounds(pre, lo, hi)
+        return Bounds(pre, lo, hi, crown_lines(plan, relax, C, lower.dtype, lower.device) if lines else None)
+    relax = None
     if method == "crown":
         pre, relax = crown_intermediate(plan, lower, upper, tight, intermediate)
         lo, hi = crown_output(plan, relax, lower, upper, C)
@@ -176,4 +186,5 @@ def compute_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, C
         else:
             _, (ibp_lo, ibp_hi) = ibp(plan, lower, upper, C)
         lo, hi = torch.max(lo, ibp_lo), torch.min(hi, ibp_hi)
-    return Bounds(pre, lo, hi)
+    out_lines = crown_lines(plan, relax, C, lower.dtype, lower.device) if relax is not None and lines else None
+    return Bounds(pre, lo, hi, out_lines)

@@ -146,10 +146,10 @@ def backward_steps(plan: Plan, start: int) -> list[Step]:
     return steps
 
 
-def substitute(steps: list[Step], relax: list[Relaxation], A: torch.Tensor, bias: torch.Tensor,
-               center: torch.Tensor, diff: torch.Tensor, alphas: list[torch.Tensor] | None = None) -> Interval:
-    """Bounds of the functions ``A`` (with constant ``bias``) of the map before ``steps``, by
-    back-substitution through them to the input box."""
+def back_substitute(steps: list[Step], relax: list[Relaxation], A: torch.Tensor, bias: torch.Tensor,
+                    alphas: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The functions ``A`` (with constant ``bias``) of the map before ``steps`` as linear bounds
+    in terms of the map after them (the input, for all of a plan's steps)."""
     for step in steps:
         if isinstance(step, Affine):
             A, b = step.backward(A)
@@ -157,7 +157,14 @@ def substitute(steps: list[Step], relax: list[Relaxation], A: torch.Tensor, bias
                 bias = bias + b
         else:
             A, bias = _relu_backward(A, bias, relax[step], None if alphas is None else alphas[step])
-    return _concretize(A, bias, center, diff)
+    return A, bias
+
+
+def substitute(steps: list[Step], relax: list[Relaxation], A: torch.Tensor, bias: torch.Tensor,
+               center: torch.Tensor, diff: torch.Tensor, alphas: list[torch.Tensor] | None = None) -> Interval:
+    """Bounds of the functions ``A`` (with constant ``bias``) of the map before ``steps``, by
+    back-substitution through them to the input box."""
+    return _concretize(*back_substitute(steps, relax, A, bias, alphas), center, diff)
 
 
 def backward_bounds(plan: Plan, relax: list[Relaxation], start: int, A: torch.Tensor, center: torch.Tensor,
@@ -325,6 +332,16 @@ def crown_output(plan: Plan, relax: list[Relaxation], lower: torch.Tensor, upper
         los.append(lo)
         his.append(hi)
     return torch.cat(los, 1), torch.cat(his, 1)
+
+
+def crown_lines(plan: Plan, relax: list[Relaxation], C: torch.Tensor | None, dtype: torch.dtype,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CROWN's lower linear bounds of C @ y in terms of the input: (A (Bb, k, n_in), bias (Bb, k)),
+    ``C @ y >= A x + bias`` over the box the relaxations ``relax`` were made for."""
+    A = spec_rows(plan, C, dtype, device)
+    bias = torch.zeros(A.shape[:3], dtype=dtype, device=device)
+    A, bias = back_substitute(backward_steps(plan, plan.n_relu), relax, A, bias)
+    return A[:, 0].flatten(2), bias[:, 0]
 
 
 def _refine_rows(plan: Plan, relax: list[Relaxation], i: int, rows: torch.Tensor, take: torch.Tensor,
