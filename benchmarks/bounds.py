@@ -1,8 +1,13 @@
 """Speed and peak memory of vfnn.bounds: boxes/second for IBP, CROWN, LBP, CROWN-LBP and alpha-CROWN.
 
 Run: ``python benchmarks/bounds.py [--threads N] [--quick] [--methods crown,lbp,...] [--batches 1,100]
-[--intermediate per-box|batch-union|full] [--tightness]``.
+[--intermediate per-box|batch-union|full] [--json OUT] [--previous FILE] [--tightness]``.
 "x IBP" is the method's time over IBP's on the same network and batch, measured in the same run.
+Where auto_LiRPA is importable (the copy in an alpha-beta-CROWN checkout, put on PYTHONPATH), its
+CROWN (``BoundedModule``, default options: patches for convolutions) is timed on the same networks
+and boxes in the same run, and each vfnn CROWN row prints "x auto_LiRPA" (auto_LiRPA's time over
+vfnn's: above 1 is faster).  Otherwise the rows print "x previous", the speed-up over the figures of
+an earlier run (``--previous``, default ``benchmarks/results/bounds.json``, written by ``--json``).
 Networks have random weights scaled like trained ones (1/sqrt(fan-in)); boxes are L-inf balls
 of radius 0.02 around random points, so a realistic share of neurons is unstable.  Each
 measurement runs in a fresh process; "peak MiB" is that process's peak resident memory minus its
@@ -15,9 +20,13 @@ a box in the batch with the same box alone, and per neuron against IBP and pure 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import multiprocessing as mp
 import resource
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -58,14 +67,18 @@ def _child(conn, name: str, method: str, B: int, repeats: int, threads: int,  # 
     torch.set_num_threads(threads)
     model, shape = NETS[name]()
     base = _rss()
-    rate, unstable = measure(model, shape, B, method, repeats=repeats, intermediate=intermediate)
+    if method == "auto_lirpa":
+        out = measure_paired(model, shape, B, max(repeats, 5), intermediate)
+    else:
+        out = measure(model, shape, B, method, repeats=repeats, intermediate=intermediate)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    conn.send((rate, (peak - base) / 2**20, unstable))
+    conn.send((*out, (peak - base) / 2**20))
 
 
 def run_isolated(name: str, method: str, B: int, repeats: int, threads: int,
                  intermediate: str = "per-box") -> tuple[float, float, float]:
-    """One measurement in a fresh process, so the peak resident memory is this call's alone."""
+    """One measurement in a fresh process, so the peak resident memory is this call's alone:
+    (boxes/s, unstable/box, peak MiB); for ``auto_lirpa`` (auto_LiRPA's boxes/s, vfnn's, peak MiB)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     p = ctx.Process(target=_child, args=(child, name, method, B, repeats, threads, intermediate))
@@ -75,23 +88,71 @@ def run_isolated(name: str, method: str, B: int, repeats: int, threads: int,
     return out
 
 
-def measure(model: nn.Module, shape: tuple[int, ...], B: int, method: str, eps: float = 0.02,
-            repeats: int = 3, intermediate: str = "per-box") -> tuple[float, float]:
+def boxes(shape: tuple[int, ...], B: int, eps: float = 0.02) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``B`` L-inf boxes of radius ``eps`` in [0, 1] and C: 9 margins against class 0 + 1 zero row."""
     g = torch.Generator().manual_seed(1)
     x = torch.rand(B, *shape, generator=g)
-    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     C = torch.eye(10).unsqueeze(0).expand(B, 10, 10) - torch.eye(10)[torch.zeros(B, dtype=torch.long)].unsqueeze(1)
+    return (x - eps).clamp(0, 1), (x + eps).clamp(0, 1), C
+
+
+def bound_call(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, method: str,
+               intermediate: str) -> Callable[[], Bounds | None]:
+    """A call computing the bounds once; ``auto_lirpa`` is auto_LiRPA's CROWN (returns None)."""
+    if method == "auto_lirpa":
+        from auto_LiRPA import BoundedModule, BoundedTensor
+        from auto_LiRPA.perturbations import PerturbationLpNorm
+
+        x = BoundedTensor((lo + hi) / 2, PerturbationLpNorm(x_L=lo, x_U=hi))
+        bounded = BoundedModule(model, torch.zeros_like(lo), verbose=0)
+
+        def lirpa() -> None:
+            bounded.compute_bounds(x=(x,), C=C, method="CROWN")
+        return lirpa
     kw = {"intermediate": intermediate} if method in ("crown", "alpha-crown") else {}
+    return lambda: compute_bounds(model, lo, hi, C, method=method, **kw)
+
+
+def _seconds(call: Callable[[], Bounds | None]) -> tuple[float, Bounds | None]:
+    t0 = time.perf_counter()
+    res = call()
+    return time.perf_counter() - t0, res
+
+
+def measure(model: nn.Module, shape: tuple[int, ...], B: int, method: str, repeats: int = 3,
+            intermediate: str = "per-box") -> tuple[float, float]:
+    """(boxes/s of the best of ``repeats`` calls, unstable neurons per box)."""
+    lo, hi, C = boxes(shape, B)
+    call = bound_call(model, lo, hi, C, method, intermediate)
     with torch.no_grad():
         if method != "alpha-crown":  # warm-up (alpha-CROWN runs long enough without one)
-            compute_bounds(model, lo, hi, C, method=method, **kw)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            res = compute_bounds(model, lo, hi, C, method=method, **kw)
-            best = min(best, time.perf_counter() - t0)
+            call()
+        best, res = min((_seconds(call) for _ in range(repeats)), key=lambda t: t[0])
     unstable = sum(int(((lo_ < 0) & (hi_ > 0)).sum()) for lo_, hi_ in res.pre_activation) / B
     return B / best, unstable
+
+
+def measure_paired(model: nn.Module, shape: tuple[int, ...], B: int, rounds: int,
+                   intermediate: str) -> tuple[float, float]:
+    """(auto_LiRPA's boxes/s, vfnn CROWN's) on the same boxes, the two calls alternating in one
+    process (best of ``rounds`` each), so a change of machine load hits both alike."""
+    lo, hi, C = boxes(shape, B)
+    calls = [bound_call(model, lo, hi, C, m, intermediate) for m in ("auto_lirpa", "crown")]
+    best = [float("inf")] * 2
+    with torch.no_grad():
+        for call in calls:
+            call()
+        for _ in range(rounds):
+            for k, call in enumerate(calls):
+                best[k] = min(best[k], _seconds(call)[0])
+    return B / best[0], B / best[1]
+
+
+def has_auto_lirpa() -> bool:
+    return importlib.util.find_spec("auto_LiRPA") is not None
+
+
+PREVIOUS = Path(__file__).parent / "results" / "bounds.json"
 
 
 def main() -> None:
@@ -103,6 +164,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,100", help="comma-separated batch sizes")
     ap.add_argument("--intermediate", default="per-box", choices=INTERMEDIATE, help="CROWN's refinement rule")
     ap.add_argument("--tightness", action="store_true", help="batch dependence and per-neuron tightness only")
+    ap.add_argument("--json", type=Path, help="write every row's figures here (for a later --previous)")
+    ap.add_argument("--previous", type=Path, default=PREVIOUS,
+                    help="an earlier run's --json, for the x previous column when auto_LiRPA is absent")
     args = ap.parse_args()
     if args.tightness:
         torch.set_num_threads(args.threads)
@@ -110,28 +174,46 @@ def main() -> None:
             tightness(name)
         return
     methods = ["ibp", *(m for m in args.methods.split(",") if m != "ibp")]
+    lirpa = "crown" in methods and has_auto_lirpa()
+    if lirpa:
+        methods.append("auto_lirpa")
+    previous = json.loads(args.previous.read_text()) if not lirpa and args.previous.exists() else {}
     batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else 3
     ibp_rate: dict[int, float] = {}
+    rows: dict[str, float] = {}
+    ref = "x auto_LiRPA" if lirpa else f"x previous ({args.previous.name})" if previous else ""
     print(f"torch {torch.__version__}, {args.threads} thread(s), eps 0.02, C = 9 margins + 1 zero row per box, "
-          f"intermediate {args.intermediate}")
+          f"intermediate {args.intermediate}; auto_LiRPA {'timed in this run' if lirpa else 'not importable'}")
     print(f"{'network':32s} {'method':12s} {'batch':>5s} {'boxes/s':>10s} {'s/100 boxes':>12s} {'x IBP':>7s} "
-          f"{'peak MiB':>9s} {'unstable/box':>12s}")
-    for name in ("MLP 784-256x4-10", "CNN c16k4s2-c32k4s2-fc100-10"):
-        for method in methods:
-            for B in batches:
-                rate, mib, unstable = run_isolated(name, method, B, repeats, args.threads, args.intermediate)
+          f"{'peak MiB':>9s} {'unstable/box':>12s}  {ref}")
+    plan = [(name, methods, batches) for name in ("MLP 784-256x4-10", "CNN c16k4s2-c32k4s2-fc100-10")]
+    if "crown" in methods:  # the two-layer MLP of auto_LiRPA's own reference figure
+        plan.append(("MLP 784-256-256-10", [m for m in methods if m in ("ibp", "crown", "auto_lirpa")], [100]))
+    for name, net_methods, net_batches in plan:
+        for method in net_methods:
+            for B in net_batches:
+                rate, second, mib = run_isolated(name, method, B, repeats, args.threads, args.intermediate)
                 if method == "ibp":
                     ibp_rate[B] = rate
+                key = f"{name} | {method} | {B}"
+                rows[key] = 100 / rate
+                unstable = float("nan") if method == "auto_lirpa" else second
                 print(f"{name:32s} {method:12s} {B:5d} {rate:10.1f} {100 / rate:12.3f} {ibp_rate[B] / rate:7.1f} "
-                      f"{mib:9.1f} {unstable:12.1f}")
-    if "crown" not in methods:
-        return
-    rate, mib, unstable = run_isolated("MLP 784-256-256-10", "crown", 100, repeats, args.threads, args.intermediate)
-    ref = 0.5
-    print(f"\nMLP 784-256-256-10, CROWN, batch 100: {100 / rate:.3f} s per 100 boxes, peak {mib:.0f} MiB, "
-          f"{unstable:.0f} unstable/box; auto_LiRPA's reference figure {ref} s -> {ref / (100 / rate):.1f}x")
+                      f"{mib:9.1f} {unstable:12.1f}", end="")
+                if method == "auto_lirpa":  # second: vfnn CROWN's boxes/s, alternating with it
+                    print(f"  vfnn CROWN {second / rate:.2f}x as fast (alternating in one process: "
+                          f"{100 / second:.3f} vs {100 / rate:.3f} s/100)")
+                elif key in previous:
+                    lirpa_then = previous.get(f"{name} | auto_lirpa | {B}")
+                    then = f"; auto_LiRPA then took {lirpa_then / rows[key]:.2f}x this time" if lirpa_then else ""
+                    print(f"  {previous[key] / rows[key]:.2f}x{then}")
+                else:
+                    print()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def tightness(name: str, B: int = 30) -> None:
