@@ -115,3 +115,40 @@ def test_milp_reports_the_attack(acasxu: Path) -> None:
                                     unstable_method=None)
     assert r.status == "sat" and r.tool_stats["found_by"] == "attack"
     assert r.tool_stats["attack_restarts"] > 0 and r.tool_stats["attack_best_margin"] <= 0
+
+
+def test_bound_guided_corners_minimise_crown_lower_lines() -> None:
+    """Each row's corner is where CROWN's linear lower bound of that row is smallest over the box
+    (so the line's value there is the row's CROWN bound), and a sub-box's score is the min over
+    disjuncts of the max of its rows' bounds: a 9-disjunct robustness spec on a 2-hidden-layer MLP."""
+    import torch
+
+    from vfnn.bounds import compute_bounds
+    from vfnn.verifiers.attack import _crown_corners
+
+    rng = np.random.default_rng(1)
+
+    def dense(n_out: int, n_in: int, scale: float) -> Dense:
+        w, b = rng.normal(0, scale, (n_out, n_in)), rng.normal(0, 0.1, n_out)
+        return Dense(w.astype(np.float32), b.astype(np.float32))
+
+    net = Network((20,), (dense(30, 20, 0.4), ReLU(), dense(30, 30, 0.3), ReLU(), dense(10, 30, 0.3)), "mlp")
+    x = rng.uniform(0, 1, 20)
+    spec = robustness_spec(x, int(np.argmax(net.forward(x[None])[0])), 0.1, 10)
+    case = spec.cases[0]
+    model = net.to_torch()
+    score, corners, (corner_case, corner_sub) = _crown_corners(model, net, spec, [(0, case.lower, case.upper)],
+                                                               compute_bounds)
+    C = np.concatenate([h.A for h in case.unsafe])
+    b = np.concatenate([h.b for h in case.unsafe])
+    lo, hi = (torch.as_tensor(v, dtype=torch.float32)[None] for v in (case.lower, case.upper))
+    bounds = compute_bounds(model, lo, hi, C=torch.as_tensor(C, dtype=torch.float32), method="crown",
+                            intersect_ibp=False, lines=True)
+    A, bias = (t[0].detach().double().numpy() for t in bounds.lower_lines)
+    samples = rng.uniform(case.lower, case.upper, (200, 20))
+    for j in range(len(C)):  # the first len(C) corners are the rows' own
+        at_corner = A[j] @ corners[j] + bias[j]
+        assert np.all(at_corner <= samples @ A[j] + bias[j] + 1e-9)
+        assert at_corner == pytest.approx(float(bounds.lower[0, j].detach()), abs=1e-4)
+    assert score[0] == pytest.approx(float((bounds.lower[0].detach().double().numpy() - b).min()), abs=1e-5)
+    assert len(corners) == 2 * len(C) and np.all(corner_case == 0) and np.all(corner_sub == 0)

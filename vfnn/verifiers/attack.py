@@ -378,47 +378,41 @@ def _halve(case: SpecCase, ci: int, lo: np.ndarray, hi: np.ndarray) -> list[tupl
 def _crown_corners(model: Any, net: Network, spec: Spec, subs: list[tuple[int, np.ndarray, np.ndarray]],
                    compute_bounds: Any) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Per sub-box: the CROWN lower bound of its margin (> 0: proven safe); per (sub-box, row)
-    and per (sub-box, disjunct) the box corner that minimises the bound's linear function."""
+    and per (sub-box, disjunct) the box corner that minimises the bound's linear function.
+
+    One CROWN pass bounds every row of a sub-box's case together (rows padded by repetition to
+    the longest case), so the intermediate bounds are computed once per sub-box, not per row."""
     import torch
 
-    rows, owner = [], []  # every output row of every case, and (case, disjunct) it belongs to
-    for ci in sorted({s[0] for s in subs}):
-        for d, h in enumerate(spec.cases[ci].unsafe):
-            for r in range(h.A.shape[0]):
-                rows.append((ci, d, r))
-                owner.append(ci)
-    idx = [(s, q) for s, (ci, _, _) in enumerate(subs) for q, row in enumerate(rows) if row[0] == ci]
-    B = len(idx)
-    lows = np.stack([subs[s][1] for s, _ in idx])
-    highs = np.stack([subs[s][2] for s, _ in idx])
-    C = np.stack([spec.cases[rows[q][0]].unsafe[rows[q][1]].A[rows[q][2]] for _, q in idx])[:, None, :]
-    b = np.array([spec.cases[rows[q][0]].unsafe[rows[q][1]].b[rows[q][2]] for _, q in idx])
-    lo = torch.as_tensor(lows, dtype=torch.float32).reshape(B, *net.input_shape).requires_grad_(True)
-    hi = torch.as_tensor(highs, dtype=torch.float32).reshape(B, *net.input_shape).requires_grad_(True)
-    bound = compute_bounds(model, lo, hi, C=torch.as_tensor(C, dtype=torch.float32), method="crown",
-                           intersect_ibp=False).lower.reshape(B)
-    gl, gh = torch.autograd.grad(bound.sum(), (lo, hi))
-    a = (gl + gh).reshape(B, -1).numpy().astype(np.float64)  # slope of the row's lower bound in x
-    value = bound.detach().numpy().astype(np.float64) - b
-    # margin bound of a sub-box: min over disjuncts of max over the disjunct's rows
-    score = np.full(len(subs), np.inf)
-    per_disjunct: dict[tuple[int, int], float] = {}
-    slope: dict[tuple[int, int], np.ndarray] = {}
-    for k, (s, q) in enumerate(idx):
-        key = (s, rows[q][1])
-        per_disjunct[key] = max(per_disjunct.get(key, -np.inf), value[k])
-        slope[key] = slope.get(key, 0) + a[k]
-    for (s, _), v in per_disjunct.items():
-        score[s] = min(score[s], v)
+    rows = {ci: [(d, r) for d, h in enumerate(spec.cases[ci].unsafe) for r in range(h.A.shape[0])]
+            for ci in {s[0] for s in subs}}
+    k = max(len(v) for v in rows.values())
+    S, n = len(subs), spec.n_inputs
+    C = np.stack([np.stack([spec.cases[ci].unsafe[d].A[r] for d, r in (rows[ci][j % len(rows[ci])]
+                                                                       for j in range(k))]) for ci, _, _ in subs])
+    b = np.stack([[spec.cases[ci].unsafe[d].b[r] for d, r in (rows[ci][j % len(rows[ci])] for j in range(k))]
+                  for ci, _, _ in subs])
+    lows, highs = np.stack([s[1] for s in subs]), np.stack([s[2] for s in subs])
+    with torch.no_grad():
+        bounds = compute_bounds(model, torch.as_tensor(lows, dtype=torch.float32).reshape(S, *net.input_shape),
+                                torch.as_tensor(highs, dtype=torch.float32).reshape(S, *net.input_shape),
+                                C=torch.as_tensor(C, dtype=torch.float32), method="crown", intersect_ibp=False,
+                                lines=True)
+    a = bounds.lower_lines[0].expand(S, k, n).numpy().astype(np.float64)  # slope of each row's lower bound in x
+    value = bounds.lower.numpy().astype(np.float64) - b
+    score = np.full(S, np.inf)  # margin bound of a sub-box: min over disjuncts of max over the disjunct's rows
     corners, c_case, c_sub = [], [], []
-    for k, (s, _) in enumerate(idx):
-        corners.append(np.where(a[k] > 0, lows[k], highs[k]))
-        c_case.append(subs[s][0])
-        c_sub.append(s)
-    for (s, _), v in slope.items():
-        corners.append(np.where(v > 0, subs[s][1], subs[s][2]))
-        c_case.append(subs[s][0])
-        c_sub.append(s)
+    for s, (ci, lo, hi) in enumerate(subs):
+        worst: dict[int, float] = {}
+        slope: dict[int, np.ndarray] = {}
+        for j, (d, _) in enumerate(rows[ci]):
+            worst[d] = max(worst.get(d, -np.inf), value[s, j])
+            slope[d] = slope.get(d, 0) + a[s, j]
+            corners.append(np.where(a[s, j] > 0, lo, hi))
+        score[s] = min(worst.values())
+        corners.extend(np.where(v > 0, lo, hi) for v in slope.values())
+        c_case.extend([ci] * (len(rows[ci]) + len(slope)))
+        c_sub.extend([s] * (len(rows[ci]) + len(slope)))
     return score, np.array(corners), (np.array(c_case, dtype=np.int64), np.array(c_sub, dtype=np.int64))
 
 
