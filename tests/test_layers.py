@@ -252,6 +252,35 @@ def test_paramramp_network_bounds_are_sound_and_crown_beats_ibp(seed: int) -> No
         compute_bounds(model, lo, hi, method="alpha-crown")
 
 
+def _bends(*shape: int) -> np.ndarray:
+    return rng.uniform(0.1, 0.8, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("layers, shape, ops", [
+    pytest.param((Dense(_f(8, 6), _f(8)), ParamRamp(_bends(8), 0.01), Dense(_f(8, 8), _f(8)), ParamRamp(_bends(8), 0.0),
+                  Dense(_f(3, 8), _f(3))), (6,), "Gemm Relu Gemm Relu Gemm", id="fc"),
+    pytest.param((Conv2d(_f(2, 1, 3, 3), _f(2)), ParamRamp(_bends(2, 4, 4), 0.01),
+                  Conv2d(_f(3, 2, 3, 3), _f(3), (1, 1), (1, 1, 1, 1)), ParamRamp(_bends(3, 4, 4), 0.0), Flatten(),
+                  Dense(_f(4, 48), _f(4))), (1, 6, 6), "Conv Add Relu Conv Add Relu Flatten Gemm", id="cnn"),
+    pytest.param((ParamRamp(_bends(6), 0.01), Dense(_f(3, 6), _f(3))), (6,), "Gemm Relu Gemm", id="first-layer"),
+    pytest.param((Conv2d(_f(2, 1, 3, 3), _f(2)), ParamRamp(_bends(2, 4, 4), 0.01), AvgPool2d((2, 2), (2, 2)),
+                  Flatten(), Dense(_f(3, 8), _f(3))), (1, 6, 6), "Conv Add Relu Conv AveragePool Flatten Gemm",
+                 id="before-pooling"),
+])
+def test_paramramp_export_merges_its_linear_maps_into_the_neighbouring_layers(layers, shape, ops) -> None:
+    """The expansion and the combination are multiplied into the Gemm/Conv before and after (through
+    a Flatten), so the ReLU graph has no Gemm/Conv the model has not (only a per-pixel bend shift,
+    an Add, and a 1x1 Conv where a pooling layer follows) and onnxruntime equals the model to 1e-5."""
+    net = Network(shape, layers)
+    model = network_to_onnx(net)
+    assert " ".join(n.op_type for n in model.graph.node) == ops
+    session = ort.InferenceSession(model.SerializeToString())
+    x = _x(shape, 20).astype(np.float32)
+    y = np.concatenate([session.run(None, {"input": x[i: i + 1]})[0] for i in range(len(x))])
+    assert np.abs(y - net.forward(x)).max() < 1e-5
+    assert np.abs(network_from_onnx(model).forward(x) - net.forward(x)).max() < 1e-5
+
+
 def test_paramramp_milp_agrees_with_the_exported_relu_graph_and_marabou() -> None:
     from vfnn.spec import robustness_spec
     from vfnn.verifiers import get_verifier

@@ -18,6 +18,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from vfnn.errors import ModelError
 from vfnn.layers import ONNX_OPS, Dense, Flatten, Layer
+from vfnn.layers.merge import export_layers
 from vfnn.network import Network
 
 # Operators without a layer of their own: read by the importer itself.
@@ -296,8 +297,9 @@ def network_to_onnx(net: Network) -> onnx.ModelProto:
         raise ModelError(f"{net.name}: a network without layers cannot be exported")
     nodes, inits = [], []
     current = "input"
-    for i, layer in enumerate(net.layers):
-        out = "output" if i == len(net.layers) - 1 else f"{type(layer).__name__.lower()}_{i}"
+    layers = export_layers(net.layers, net.input_shapes())
+    for i, layer in enumerate(layers):
+        out = "output" if i == len(layers) - 1 else f"{type(layer).__name__.lower()}_{i}"
         layer_nodes, layer_inits = layer.to_onnx(i, current, out)
         nodes += layer_nodes
         inits += layer_inits

@@ -124,7 +124,10 @@ class ElementwiseAffine(AffineLayer):
             inits = [numpy_helper.from_array(w, f"W{index}"),
                      numpy_helper.from_array(t.astype(np.float32), f"B{index}")]
             return [helper.make_node("Conv", [x, f"W{index}", f"B{index}"], [y], kernel_shape=[1, 1])], inits
-        # A per-pixel affine has no cleaner form.
+        # A per-pixel affine has no cleaner form (a shift alone is one Add).
+        if np.all(self.scale == 1):
+            inits = [numpy_helper.from_array(self.shift[None].astype(np.float32), f"T{index}")]
+            return [helper.make_node("Add", [x, f"T{index}"], [y])], inits
         inits = [numpy_helper.from_array(self.scale[None], f"S{index}"),
                  numpy_helper.from_array(self.shift[None], f"T{index}")]
         return [helper.make_node("Mul", [x, f"S{index}"], [y + "_mul"]),

@@ -141,6 +141,12 @@ class Layer(ABC):
     def to_onnx(self, index: int, x: str, y: str) -> OnnxPart:
         """Nodes computing ``y`` from ``x`` (initializer names end in ``index``)."""
 
+    def export_form(self, shape: Shape) -> tuple[Layer, ...]:
+        """The layers that stand for this one in an exported graph, for input ``shape``: itself,
+        or (a kind ONNX has no operator for) plain layers computing the same function, whose added
+        linear maps the export merges into the neighbouring layers (:mod:`vfnn.layers.merge`)."""
+        return (self,)
+
     # -- verifiers --------------------------------------------------------------------------------
     @abstractmethod
     def encode_milp(self, enc: Encoding, v: np.ndarray, shape: Shape, bounds: tuple[np.ndarray, np.ndarray]

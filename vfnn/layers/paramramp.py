@@ -6,8 +6,9 @@
 Neurons right of ``r`` are stable again, so training can push neurons into a stable region on
 either side.  ONNX has no such operator and external verifiers read ReLU graphs only, so the
 export is the exact identity ``relu(z) - eta*relu(-z) - (1 - eta)*relu(z - r)`` (without the
-``relu(-z)`` term when eta = 0) as a 1x1 expansion, a Relu and a 1x1 combination (Gemm for flat
-inputs, Conv for images).
+``relu(-z)`` term when eta = 0): a linear expansion, a ReLU and a linear combination
+(:meth:`ParamRamp.export_form`), which the export merges into the Gemm/Conv before and after
+(:mod:`vfnn.layers.merge`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
-from onnx import helper, numpy_helper
 from torch import nn
 
 from vfnn.errors import ModelError
-from vfnn.layers.base import ActivationLayer, OnnxPart, Shape, numpy_of, tensor_of
-from vfnn.layers.relu import Relaxation, relu_milp
+from vfnn.layers.affine import ElementwiseAffine
+from vfnn.layers.base import ActivationLayer, Layer, OnnxPart, Shape, numpy_of, tensor_of
+from vfnn.layers.conv import Conv2d
+from vfnn.layers.dense import Dense
+from vfnn.layers.relu import Relaxation, ReLU, relu_milp
 
 if TYPE_CHECKING:
 
@@ -210,32 +213,35 @@ class ParamRamp(ActivationLayer):
         return enc.linear(src, rows, cols, vals, np.zeros(n), n)
 
     # -- ONNX: an exact ReLU graph
-    def to_onnx(self, index: int, x: str, y: str) -> OnnxPart:
+    def export_form(self, shape: Shape) -> tuple[Layer, ...]:
+        """expansion z -> (z, -z, z - r) (no -z part when eta = 0: 2 ReLUs per neuron, not 3), ReLU,
+        combination (1, -eta, eta - 1): Dense layers for flat inputs, 1x1 Conv2d ones for images,
+        with a per-pixel shift (an ElementwiseAffine) where the bends differ within a channel."""
         n_ch = self.bend.shape[0] if self.bend.ndim == 3 else self.bend.size
         eye = np.eye(n_ch, dtype=np.float32)
-        # z -> (z, -z, z - r); with eta = 0 the -z part has weight 0 and is left out (2 ReLUs, not 3)
         parts = [1.0, -1.0, 1.0] if self.slope else [1.0, 1.0]
         weights = [1.0, -self.slope, self.slope - 1.0] if self.slope else [1.0, -1.0]
         expand = np.concatenate([p * eye for p in parts])
         combine = np.concatenate([w * eye for w in weights], 1).astype(np.float32)
-        k = len(parts)
-        names = (f"E{index}", f"EB{index}", f"K{index}", f"KB{index}")
-        zero = np.zeros(n_ch, np.float32)
-        if self.bend.ndim == 3:  # per-pixel bends: the shift is a broadcast Add after a 1x1 Conv
-            shift = np.concatenate([np.zeros_like(self.bend)] * (k - 1) + [-self.bend])[None]
-            inits = [numpy_helper.from_array(expand[:, :, None, None], names[0]),
-                     numpy_helper.from_array(shift.astype(np.float32), names[1]),
-                     numpy_helper.from_array(combine[:, :, None, None], names[2]),
-                     numpy_helper.from_array(zero, names[3])]
-            nodes = [helper.make_node("Conv", [x, names[0]], [y + "_expand"], kernel_shape=[1, 1]),
-                     helper.make_node("Add", [y + "_expand", names[1]], [y + "_shift"]),
-                     helper.make_node("Relu", [y + "_shift"], [y + "_relu"]),
-                     helper.make_node("Conv", [y + "_relu", names[2], names[3]], [y], kernel_shape=[1, 1])]
-            return nodes, inits
-        bias = np.concatenate([zero] * (k - 1) + [-self.bend.reshape(-1)]).astype(np.float32)
-        inits = [numpy_helper.from_array(expand, names[0]), numpy_helper.from_array(bias, names[1]),
-                 numpy_helper.from_array(combine, names[2]), numpy_helper.from_array(zero, names[3])]
-        nodes = [helper.make_node("Gemm", [x, names[0], names[1]], [y + "_expand"], transB=1),
-                 helper.make_node("Relu", [y + "_expand"], [y + "_relu"]),
-                 helper.make_node("Gemm", [y + "_relu", names[2], names[3]], [y], transB=1)]
+        k, zero = len(parts), np.zeros(n_ch, np.float32)
+        shift = np.concatenate([np.zeros_like(self.bend)] * (k - 1) + [-self.bend]).astype(np.float32)
+        if self.bend.ndim != 3:
+            return Dense(expand, shift.reshape(-1)), ReLU(), Dense(combine, zero)
+        return (Conv2d(expand[:, :, None, None], np.zeros(k * n_ch, np.float32)),
+                ElementwiseAffine(np.ones_like(shift), shift), ReLU(), Conv2d(combine[:, :, None, None], zero))
+
+    def to_onnx(self, index: int, x: str, y: str) -> OnnxPart:
+        nodes, inits = [], []
+        parts = self.export_form(self.bend.shape)
+        for j, part in enumerate(parts):
+            out = y if j == len(parts) - 1 else f"{y}_part{j}"
+            part_nodes, part_inits = part.to_onnx(index, x, out)
+            names = {t.name: f"{t.name}_part{j}" for t in part_inits}  # the parts share ``index``
+            for t in part_inits:
+                t.name = names[t.name]
+            for node in part_nodes:
+                node.input[:] = [names.get(name, name) for name in node.input]
+            nodes += part_nodes
+            inits += part_inits
+            x = out
         return nodes, inits
