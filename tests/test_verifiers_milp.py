@@ -31,9 +31,9 @@ def test_conv_network_robustness_is_decided_and_sat_replays() -> None:
     x = rng.uniform(0, 1, 36)
     label = int(np.argmax(net.forward(x.reshape(1, 1, 6, 6))[0]))
     verdicts = {}
-    for eps in (0.2, 0.3):  # 0.2: bounds alone do not decide it, the MILP (52 binaries) proves it; 0.3: sat
+    for eps in (0.2, 0.3):  # 0.2: CROWN alone does not decide it, the MILP (52 binaries) proves it; 0.3: sat
         spec = robustness_spec(x, label, eps, 3)
-        r = get_verifier("milp").verify(net, spec, 60, {"attack_steps": 0})
+        r = get_verifier("milp").verify(net, spec, 60, {"attack_steps": 0, "bounds": "crown"})
         verdicts[eps] = r.status
         assert r.unstable is not None and r.unstable.neurons == 144
         assert r.status == "sat" or r.tool_stats["milps"] >= 1
@@ -87,3 +87,25 @@ def test_several_input_regions_report_the_violated_one(verifier: str) -> None:
     assert r.status == "sat" and r.case_index == 2
     r = get_verifier(verifier).verify(net, Spec((safe_box, no_unsafe), 2, 2), 30)
     assert r.status == "unsat"
+
+
+def test_auto_bounds_refine_open_disjuncts_with_alpha_crown_on_high_dimensional_inputs() -> None:
+    """On a 64-input MLP (one box, no input splitting) the default bounds run alpha-CROWN on the
+    disjuncts CROWN leaves open: never more MILPs or binaries than CROWN alone, the same verdicts,
+    and at some radius strictly fewer binaries."""
+    milp, fewer, statuses = get_verifier("milp"), False, set()
+    for seed, eps in ((5, 0.02), (6, 0.03), (6, 0.06)):
+        rng = np.random.default_rng(seed)
+        net = random_net(rng, 64, [32, 32], 10)
+        x = rng.uniform(0, 1, 64)
+        spec = robustness_spec(x, int(np.argmax(net.forward(x[None])[0])), eps, 10)
+        crown = milp.verify(net, spec, 60, {"bounds": "crown", "attack_steps": 0}, unstable_method=None)
+        auto = milp.verify(net, spec, 60, {"attack_steps": 0}, unstable_method=None)
+        assert auto.status == crown.status and auto.status in ("sat", "unsat"), (eps, auto.status, crown.status)
+        statuses.add(auto.status)
+        a, c = auto.tool_stats, crown.tool_stats
+        assert a["milps"] <= c["milps"] and a["binaries"] <= c["binaries"], (eps, a, c)
+        assert c["refined_by_alpha"] == 0 and a["refined_by_alpha"] == (1 if c["milps"] else 0)
+        fewer |= a["binaries"] < c["binaries"]
+    assert fewer, "alpha-CROWN never removed a binary: the test radii no longer exercise it"
+    assert statuses == {"sat", "unsat"}

@@ -3,8 +3,10 @@
 Encoding (Tjeng, Xiao & Tedrake, ICLR 2019): every linear layer is an equality block over
 continuous variables; a ReLU whose pre-activation bounds ``[l, u]`` straddle zero gets a binary
 ``d`` and ``a >= z, a <= z - l(1 - d), 0 <= a <= u d``; a stable one is the identity (``l >= 0``)
-or the constant 0 (``u <= 0``) and costs nothing.  Bounds come from :mod:`vfnn.bounds` (CROWN by
-default: back-substituted bounds roughly halve the binaries compared with IBP).
+or the constant 0 (``u <= 0``) and costs nothing.  Bounds come from :mod:`vfnn.bounds`: CROWN
+(back-substituted bounds roughly halve the binaries compared with IBP), and for the single box of
+a high-dimensional input alpha-CROWN on the disjuncts CROWN leaves open (its optimised slopes
+settle more of them without a MILP and leave fewer binaries in the rest).
 
 For a disjunct ``A y <= b`` the MILP minimises the margin ``t >= A_i y - b_i`` (all rows): the
 disjunct is reachable iff ``min t <= 0``.  ``objective_target`` stops HiGHS at the first
@@ -26,11 +28,12 @@ from vfnn.bounds import METHODS
 from vfnn.layers import ActivationLayer
 from vfnn.network import Network
 from vfnn.spec import Halfspaces, SpecCase
-from vfnn.verifiers.attack import AttackConfig, Replayer, centre_search, find_counterexample
+from vfnn.verifiers.attack import AttackConfig, Replayer, box_attack, centre_search, find_counterexample
 from vfnn.verifiers.base import Availability, Option, Problem, RawOutcome, Verifier
 
 CUTOFF = 1e-6  # objective_bound: a node whose margin bound exceeds this cannot hold a counterexample
 BOUND_SLACK = 1e-5  # widen float32 bounds so rounding never cuts off a reachable point
+BOX_ATTACK_BOXES = 16  # per batch of the input-splitting search, boxes a short PGD runs in
 
 
 class MilpVerifier(Verifier):
@@ -40,7 +43,9 @@ class MilpVerifier(Verifier):
     description = "built-in MILP (HiGHS, big-M with CROWN bounds) after a PGD attack"
     options = (
         Option("threads", int, 1, "HiGHS threads"),
-        Option("bounds", str, "crown", "per-neuron bound method", METHODS),
+        Option("bounds", str, "auto", "per-neuron bound method; auto: crown, and where the input box is not split "
+               "(high-dimensional inputs) and the activations are ReLUs, alpha-crown on the disjuncts crown leaves "
+               "open (fewer MILPs, fewer binaries)", ("auto", *METHODS)),
         Option("attack_steps", int, 50, "PGD steps per restart (0: no attack)"),
         Option("attack_restarts", int, 0, "restarts per batch (0: sized from the input dimension and step cost)"),
         Option("attack_fraction", float, 0.1, "share of the time budget the attack may use"),
@@ -70,7 +75,8 @@ class MilpVerifier(Verifier):
         torch.manual_seed(options["seed"])
         start = time.monotonic()
         spec, net = problem.spec, problem.network
-        stats: dict[str, Any] = {"boxes": 0, "milps": 0, "binaries": 0, "nodes": 0, "pruned_by_bounds": 0}
+        stats: dict[str, Any] = {"boxes": 0, "milps": 0, "binaries": 0, "nodes": 0, "pruned_by_bounds": 0,
+                                 "box_attacks": 0}
 
         def done(status: str, x: np.ndarray | None = None, message: str = "") -> RawOutcome:
             return RawOutcome(status, None if x is None else x.tolist(),  # type: ignore[arg-type]
@@ -87,11 +93,16 @@ class MilpVerifier(Verifier):
                 stats["found_by"] = "attack"
                 return done("sat", found.x)
         model = net.to_torch().double()
+        split = net.input_size <= options["split_max_inputs"]
+        method, refine = options["bounds"], False
+        if method == "auto":
+            relus = all(type(layer).slope_optimisable for layer in net.layers if isinstance(layer, ActivationLayer))
+            method, refine = "crown", relus and not split
+        stats["refined_by_alpha"] = 0
         undecided: list[tuple[int, int, str]] = []
         for ci, case in enumerate(spec.cases):
             if not case.unsafe:  # nothing is unsafe for this input region
                 continue
-            split = net.input_size <= options["split_max_inputs"]
             rows = np.cumsum([0] + [h.A.shape[0] for h in case.unsafe])
             C = np.concatenate([h.A for h in case.unsafe], 0)
             queue = [(case.lower, case.upper, tuple(range(len(case.unsafe))))]
@@ -106,19 +117,27 @@ class MilpVerifier(Verifier):
                 if x is not None:
                     stats["found_by"] = "box centre"
                     return done("sat", x)
-                pre, row_lower = box_bounds(model, net, lows, highs, C, options["bounds"])
+                pre, row_lower = box_bounds(model, net, lows, highs, C, method)
                 if split and options["branching"] == "sb":
-                    smear = _sb_scores(model, net, batch, C, rows, case, options["bounds"])
+                    smear = _sb_scores(model, net, batch, C, rows, case, method)
+                promising: list[tuple[float, int]] = []  # (margin bound, box) of the boxes split again
                 for k, (lo, hi, open_) in enumerate(batch):
                     still = tuple(d for d in open_ if not np.any(
                         row_lower[k, rows[d]:rows[d + 1]] > case.unsafe[d].b + CUTOFF))
                     stats["pruned_by_bounds"] += len(open_) - len(still)
+                    box_pre = [(pl[k], pu[k]) for pl, pu in pre]
+                    if still and refine:  # the one box of a high-dimensional input: worth alpha-CROWN
+                        n_open = len(still)
+                        still, box_pre = _refine(model, net, lo, hi, case, still, box_pre)
+                        stats["refined_by_alpha"] += 1
+                        stats["pruned_by_bounds"] += n_open - len(still)
                     if not still:
                         continue
-                    box_pre = [(pl[k], pu[k]) for pl, pu in pre]
                     unstable = sum(int(np.sum((pl < 0) & (pu > 0))) for pl, pu in box_pre)
                     if split and unstable > options["split_binaries"] and len(queue) < 1_000_000:
                         queue.extend((lo2, hi2, still) for lo2, hi2 in _bisect(lo, hi, smear[k]))
+                        promising.append((min(float(np.max(row_lower[k, rows[d]:rows[d + 1]] - case.unsafe[d].b))
+                                              for d in still), k))
                         continue
                     encoding = Encoding(net, lo, hi, box_pre)
                     stats["binaries"] += encoding.n_binaries
@@ -135,6 +154,13 @@ class MilpVerifier(Verifier):
                             return done("sat", x)
                         if status != "unsat":
                             undecided.append((ci, d, status))
+                if promising:  # a short PGD inside the boxes whose margin bound is lowest
+                    pick = [k for _, k in sorted(promising)[:BOX_ATTACK_BOXES]]
+                    stats["box_attacks"] += len(pick)
+                    x = box_attack(model, net, spec, ci, lows[pick], highs[pick], replayer, problem.deadline)
+                    if x is not None:
+                        stats["found_by"] = "box attack"
+                        return done("sat", x)
         if not undecided:
             return done("unsat")
         status = "timeout" if any(s == "timeout" for *_, s in undecided) else "unknown"
@@ -159,6 +185,19 @@ def box_bounds(model: Any, net: Network, lows: np.ndarray, highs: np.ndarray, C:
         pl, pu = pl.reshape(B, -1).numpy(), pu.reshape(B, -1).numpy()
         pre.append((pl - BOUND_SLACK * (1 + np.abs(pl)), pu + BOUND_SLACK * (1 + np.abs(pu))))
     return pre, b.lower.reshape(B, -1).numpy() - BOUND_SLACK
+
+
+def _refine(model: Any, net: Network, lo: np.ndarray, hi: np.ndarray, case: SpecCase, still: tuple[int, ...],
+            pre: list[tuple[np.ndarray, np.ndarray]]) -> tuple[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]]:
+    """alpha-CROWN on the rows of the disjuncts CROWN left open: the disjuncts it still leaves open
+    and the pre-activation bounds, elementwise the tighter of both (fewer binaries)."""
+    rows = np.cumsum([0] + [case.unsafe[d].A.shape[0] for d in still])
+    C = np.concatenate([case.unsafe[d].A for d in still], 0)
+    alpha_pre, row_lower = box_bounds(model, net, lo[None], hi[None], C, "alpha-crown")
+    left = tuple(d for j, d in enumerate(still) if not np.any(
+        row_lower[0, rows[j]:rows[j + 1]] > case.unsafe[d].b + CUTOFF))
+    return left, [(np.maximum(pl, al[0]), np.minimum(pu, au[0])) for (pl, pu), (al, au) in zip(pre, alpha_pre,
+                                                                                               strict=True)]
 
 
 def _sb_scores(model: Any, net: Network, batch: list, C: np.ndarray, rows: np.ndarray, case: SpecCase,
