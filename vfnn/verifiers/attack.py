@@ -38,8 +38,9 @@ LOW_DIM = 16  # inputs up to this many: thousands of restarts, sub-box guidance
 MAX_RESTARTS_LOW, MAX_RESTARTS_HIGH = 8192, 512
 MARGIN_ELEMENTS = 2 ** 24  # restarts x disjuncts x rows held at once
 STEP_SCALES = (0.5, 0.25, 0.125, 0.0625)  # first step as a share of the box width, per restart
-GUIDE_SHARE, GUIDE_TIME, GUIDE_BOXES = 0.15, 0.5, 256  # bound-guided stage: share of the budget, cap
+GUIDE_SHARE, GUIDE_TIME, GUIDE_BOXES = 0.25, 0.5, 256  # bound-guided stage: share of the budget, cap
 ELITE = 64  # best points kept across rounds; a quarter of each later round starts near them
+BOX_ATTACK_STEPS = 10  # PGD steps of :func:`box_attack`
 
 
 @dataclass(frozen=True)
@@ -332,26 +333,31 @@ def _bound_guide(model: Any, net: Network, spec: Spec, cases: list[int], deadlin
                  ) -> _Guide | None:
     """CROWN over sub-boxes of every case box (low-dimensional inputs; the whole box otherwise):
     drop sub-boxes proven safe, rank the rest, and take each output row's minimising corner of its
-    linear lower bound (the gradient of the bound with respect to the box).  None when the
-    deadline passes first."""
+    linear lower bound.  Low-dimensional boxes are refined level by level (the sub-boxes not
+    proven safe are halved) while the next level, costed in proportion to the last, fits in
+    GUIDE_SHARE of the time left (at most GUIDE_TIME s) and GUIDE_BOXES.  None when the deadline
+    passes first."""
     from vfnn.bounds import compute_bounds
 
     t0 = time.monotonic()
+    until = t0 + min(GUIDE_SHARE * (deadline - t0), GUIDE_TIME)
     subs = [(ci, spec.cases[ci].lower, spec.cases[ci].upper) for ci in cases]
     bounded = _crown_corners(model, net, spec, subs, compute_bounds)
-    per_box = (time.monotonic() - t0) / len(subs)  # an overestimate: the first call pays set-up costs
-    # as many sub-boxes as GUIDE_SHARE of the time left (at most GUIDE_TIME s) pays for
-    spend = min(GUIDE_SHARE * (deadline - time.monotonic()), GUIDE_TIME)
-    target = int(min(GUIDE_BOXES, spend / max(per_box, 1e-6))) if low_dim else 1
-    if target >= 2 * len(subs):
-        while len(subs) * 2 <= target:
-            halves = [half for sub in subs for half in _halve(spec.cases[sub[0]], *sub)]
-            if len(halves) == len(subs):  # every sub-box is a point
-                break
-            subs = halves
+    last, safe = time.monotonic() - t0, 0
+    while low_dim:
+        open_ = [sub for sub, score in zip(subs, bounded[0], strict=True) if score <= 0]
+        halves = [half for sub in open_ for half in _halve(spec.cases[sub[0]], *sub)]
+        t1 = time.monotonic()
+        # the first call pays set-up costs: the first halving is always done and measured
+        if (not open_ or len(halves) == len(open_) or len(halves) > GUIDE_BOXES
+                or (len(subs) > len(cases) and t1 + last * len(halves) / len(subs) > until)):
+            break
+        safe += len(subs) - len(open_)
+        subs = halves
+        bounded = _crown_corners(model, net, spec, subs, compute_bounds)
+        last = time.monotonic() - t1
         if time.monotonic() >= deadline:
             return None
-        bounded = _crown_corners(model, net, spec, subs, compute_bounds)
     score, corners, (corner_case, corner_sub) = bounded
     keep = np.nonzero(score <= 0)[0]
     keep = keep[np.argsort(score[keep], kind="stable")]
@@ -361,7 +367,7 @@ def _bound_guide(model: Any, net: Network, spec: Spec, cases: list[int], deadlin
     return _Guide(np.array([subs[i][0] for i in keep], dtype=np.int64),
                   np.array([subs[i][1] for i in keep]).reshape(len(keep), n),
                   np.array([subs[i][2] for i in keep]).reshape(len(keep), n),
-                  corners[ok].reshape(len(ok), n), corner_case[ok], len(subs) - len(keep))
+                  corners[ok].reshape(len(ok), n), corner_case[ok], safe + len(subs) - len(keep))
 
 
 def _halve(case: SpecCase, ci: int, lo: np.ndarray, hi: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -436,3 +442,20 @@ def centre_search(model: Any, net: Network, lows: np.ndarray, highs: np.ndarray,
             return hit[0], np.zeros(0)
     (g,) = torch.autograd.grad(margins.sum(), mid)
     return None, g.abs().numpy() * (highs - lows) + 1e-12 * (highs - lows)
+
+
+def box_attack(model: Any, net: Network, spec: Spec, case_index: int, lows: np.ndarray, highs: np.ndarray,
+               replayer: Replayer, deadline: float, steps: int = BOX_ATTACK_STEPS) -> np.ndarray | None:
+    """A short PGD from the centre of each of a few small boxes of one case (the most promising
+    boxes of an input-splitting search: a counterexample in a narrow region the first attack
+    missed).  Returns a replayed counterexample or None."""
+    import torch
+
+    param = next(model.parameters(), None)
+    dtype = torch.float64 if param is None else param.dtype
+    lo, hi = torch.as_tensor(lows, dtype=dtype), torch.as_tensor(highs, dtype=dtype)
+    n = len(lo)
+    scales = torch.as_tensor(STEP_SCALES, dtype=dtype)[torch.arange(n) % len(STEP_SCALES)][:, None]
+    hit, *_ = _pgd(model, net, _Targets(spec, dtype), (lo + hi) / 2, lo, hi, torch.full((n,), case_index), scales,
+                   steps, deadline, replayer, AttackResult())
+    return None if hit is None else hit[0][0]
