@@ -93,10 +93,14 @@ def test_each_mistake_is_one_line_naming_key_and_line(tmp_path: Path, capsys: py
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "vfnn" / "studies").glob("*.toml")),
                          ids=lambda p: p.stem)
-def test_every_shipped_study_is_valid_and_names_its_file(path: Path) -> None:
-    """A shipped study that does not validate would fail only when someone runs it for hours."""
+def test_every_shipped_study_is_valid_and_names_its_file(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A shipped study that does not validate would fail only when someone runs it for hours; one
+    that `vfnn study --help` does not name is one a user does not find."""
     study = load_study(path)
     assert study.name == path.stem and study.runs and study.radii and study.verifiers
+    code, out, _ = run_cli(["study", "--help"], capsys)
+    listed = re.sub(r"\s+", "", out.split("shipped", 1)[1]).split(":", 1)[1].split(")")[0].split(",")
+    assert code == 0 and path.stem in listed, listed
 
 
 def test_missing_file_lists_the_shipped_studies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

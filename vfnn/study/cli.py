@@ -25,8 +25,8 @@ from vfnn.study.config import PHASES
 def study_cmd(study_file: str, out: str | None, data_dir: str | None, phases: tuple[str, ...], check: bool,
               quiet: bool) -> None:
     """Train every dataset x arch x recipe x seed of STUDY (a .toml file, or the name of a shipped
-    study: quick, nbc-mnist, nbc-mnist-fc, nbc-fashion), verify each model's robustness at every radius, and
-    write a report (tables, CSV/JSON, figures) to OUT/report.
+    study: quick, nbc-mnist, nbc-mnist-fc, nbc-mnist-cnn, nbc-fashion, seed-methods-mnist-fc), verify each
+    model's robustness at every radius, and write a report (tables, CSV/JSON, figures) to OUT/report.
 
     Every step is the command a user would type (vfnn train, specs, bench) and keeps its files in
     OUT; running the same command again skips what is done, also after a kill.  See
