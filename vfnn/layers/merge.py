@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vfnn.layers.affine import fold_affines
+from vfnn.layers.affine import ElementwiseAffine
 from vfnn.layers.base import Layer, Shape
 from vfnn.layers.conv import Conv2d
 from vfnn.layers.dense import Dense
@@ -46,7 +46,7 @@ def export_layers(layers: tuple[Layer, ...], shapes: list[Shape]) -> tuple[Layer
                 continue
         out.append((layer, added))
         i += 1
-    return fold_affines([layer for layer, _ in out])
+    return tuple(layer for layer, _ in out)
 
 
 def _is_pointwise(c: Conv2d) -> bool:
@@ -54,7 +54,10 @@ def _is_pointwise(c: Conv2d) -> bool:
 
 
 def _merge(a: Layer, b: Layer) -> Layer | None:
-    """``b`` after ``a`` as one layer, or None where that is not exact (or not a Dense/Conv2d pair)."""
+    """``b`` after ``a`` as one layer, or None where that is not exact (or not a Dense/Conv2d pair,
+    or a layer and a shift it folds)."""
+    if isinstance(b, ElementwiseAffine):
+        return a.fold_after(b)
     if isinstance(a, Dense) and isinstance(b, Dense):
         return Dense((b.weight.astype(np.float64) @ a.weight).astype(np.float32),
                      (b.weight.astype(np.float64) @ a.bias + b.bias).astype(np.float32))
