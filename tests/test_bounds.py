@@ -123,6 +123,36 @@ def test_lower_lines_bound_sampled_points_and_give_the_crown_bound(builder, meth
 
 
 @pytest.mark.parametrize("builder", [mlp, cnn])
+def test_known_bounds_of_an_enclosing_box_tighten_crown_soundly(builder) -> None:
+    """``known`` = the CROWN bounds of an enclosing box (what an input split inherits): each half's
+    pre-activation bounds lie within them (so the neurons they prove stable stay stable; without
+    ``known`` they do not, somewhere), and its output bounds still hold on sampled points."""
+    model, shape = builder(7)
+    lower, upper = _boxes(shape, 2, 0.4, 7)
+    parent = compute_bounds(model, lower, upper, method="crown")
+    j = int((upper - lower).flatten(1)[0].argmax())  # bisect along one input, as the split search does
+    mid_lo, mid_hi = lower.flatten(1).clone(), upper.flatten(1).clone()
+    mid_lo[:, j] = mid_hi[:, j] = (lower.flatten(1)[:, j] + upper.flatten(1)[:, j]) / 2
+    outside = False
+    for lo, hi in ((lower, mid_hi.reshape(lower.shape)), (mid_lo.reshape(lower.shape), upper)):
+        plain = compute_bounds(model, lo, hi, method="crown")
+        given = compute_bounds(model, lo, hi, method="crown", known=parent.pre_activation)
+        for (gl, gu), (pl, pu), (kl, ku) in zip(given.pre_activation, plain.pre_activation, parent.pre_activation,
+                                                strict=True):
+            assert torch.all(gl >= kl) and torch.all(gu <= ku)
+            outside |= bool(torch.any(pl < kl) or torch.any(pu > ku))
+        g = torch.Generator().manual_seed(1)
+        for b in range(2):
+            x = lo[b] + torch.rand(500, *shape, generator=g, dtype=torch.float64) * (hi[b] - lo[b])
+            with torch.no_grad():
+                y = model(x).flatten(1)
+            assert torch.all(y >= given.lower[b] - 1e-9) and torch.all(y <= given.upper[b] + 1e-9)
+    assert outside, "the enclosing box's bounds never mattered here: the test no longer exercises known"
+    with pytest.raises(ValueError, match="known"):
+        compute_bounds(model, lower, upper, method="ibp", known=parent.pre_activation)
+
+
+@pytest.mark.parametrize("builder", [mlp, cnn])
 def test_crown_never_looser_than_ibp_and_alpha_never_looser_than_crown(builder) -> None:
     model, shape = builder(5)
     lower, upper = _boxes(shape, 4, 0.5, 5)

@@ -267,7 +267,8 @@ def _take_crown(rule: str, unstable: torch.Tensor) -> torch.Tensor:
 
 
 def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, tight: bool = False,
-                       rule: IntermediateRule = "per-box") -> tuple[list[Interval], list[Relaxation]]:
+                       rule: IntermediateRule = "per-box", known: list[Interval] | None = None
+                       ) -> tuple[list[Interval], list[Relaxation]]:
     """Pre-activation bounds of every ReLU layer by CROWN, refining only where it can matter.
 
     For layer i a reference interval is first propagated from layer i-1's bounds (IBP over one
@@ -283,7 +284,9 @@ def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, tig
     unstable neurons replaces the reference, without intersection; past 90% the reference is
     dropped): it reproduces auto_LiRPA's numbers, batch dependence included.  ``full`` runs CROWN
     from every neuron with no reference ("pure" CROWN), for comparisons.  ``tight``: the tight
-    lower lines (:func:`relax_layer`) instead of the adaptive ones."""
+    lower lines (:func:`relax_layer`) instead of the adaptive ones.  ``known``: valid bounds of every
+    layer per box (e.g. of a box that encloses it, in a branch and bound over inputs), intersected
+    with each reference: neurons they prove stable take no CROWN rows."""
     if rule not in INTERMEDIATE_RULES:
         raise ValueError(f"unknown intermediate rule {rule!r}; choose from {', '.join(INTERMEDIATE_RULES)}")
     B = lower.shape[0]
@@ -293,6 +296,8 @@ def crown_intermediate(plan: Plan, lower: torch.Tensor, upper: torch.Tensor, tig
     for i in range(plan.n_relu):
         lo, hi = (lower, upper) if i == 0 else plan.activations[i - 1].interval(*pre[-1])
         ref_l, ref_u = ibp_chain(plan.chains[i], lo, hi)
+        if known is not None:
+            ref_l, ref_u = torch.maximum(ref_l, known[i][0]), torch.minimum(ref_u, known[i][1])
         if not _ibp_only(plan.chains[i], i == 0):
             shape = plan.pre_shapes[i]
             rl, ru = ref_l.reshape(B, -1), ref_u.reshape(B, -1)

@@ -105,7 +105,9 @@ class MilpVerifier(Verifier):
                 continue
             rows = np.cumsum([0] + [h.A.shape[0] for h in case.unsafe])
             C = np.concatenate([h.A for h in case.unsafe], 0)
-            queue = [(case.lower, case.upper, tuple(range(len(case.unsafe))))]
+            # a box, its open disjuncts, and the bounds of the box it was split from (valid in it)
+            queue: list[tuple[np.ndarray, np.ndarray, tuple[int, ...], Any]] = [
+                (case.lower, case.upper, tuple(range(len(case.unsafe))), None)]
             while queue:
                 if problem.time_left() <= 0:
                     return done("timeout")
@@ -117,11 +119,14 @@ class MilpVerifier(Verifier):
                 if x is not None:
                     stats["found_by"] = "box centre"
                     return done("sat", x)
-                pre, row_lower = box_bounds(model, net, lows, highs, C, method)
+                known = None if any(b[3] is None for b in batch) else [
+                    (np.stack([b[3][i][0] for b in batch]), np.stack([b[3][i][1] for b in batch]))
+                    for i in range(len(batch[0][3]))]
+                pre, row_lower = box_bounds(model, net, lows, highs, C, method, known)
                 if split and options["branching"] == "sb":
                     smear = _sb_scores(model, net, batch, C, rows, case, method)
                 promising: list[tuple[float, int]] = []  # (margin bound, box) of the boxes split again
-                for k, (lo, hi, open_) in enumerate(batch):
+                for k, (lo, hi, open_, _) in enumerate(batch):
                     still = tuple(d for d in open_ if not np.any(
                         row_lower[k, rows[d]:rows[d + 1]] > case.unsafe[d].b + CUTOFF))
                     stats["pruned_by_bounds"] += len(open_) - len(still)
@@ -135,7 +140,7 @@ class MilpVerifier(Verifier):
                         continue
                     unstable = sum(int(np.sum((pl < 0) & (pu > 0))) for pl, pu in box_pre)
                     if split and unstable > options["split_binaries"] and len(queue) < 1_000_000:
-                        queue.extend((lo2, hi2, still) for lo2, hi2 in _bisect(lo, hi, smear[k]))
+                        queue.extend((lo2, hi2, still, box_pre) for lo2, hi2 in _bisect(lo, hi, smear[k]))
                         promising.append((min(float(np.max(row_lower[k, rows[d]:rows[d + 1]] - case.unsafe[d].b))
                                               for d in still), k))
                         continue
@@ -167,10 +172,13 @@ class MilpVerifier(Verifier):
         return done(status, message="; ".join(f"case {c} disjunct {d}: {s}" for c, d, s in undecided[:5]))
 
 
-def box_bounds(model: Any, net: Network, lows: np.ndarray, highs: np.ndarray, C: np.ndarray, method: str
+def box_bounds(model: Any, net: Network, lows: np.ndarray, highs: np.ndarray, C: np.ndarray, method: str,
+               known: list[tuple[np.ndarray, np.ndarray]] | None = None
                ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """vfnn's bounds for a batch of boxes (float64): per ReLU layer (lower, upper) of shape
-    (B, neurons), widened by BOUND_SLACK, and lower bounds of ``C @ y`` (B, k)."""
+    (B, neurons), widened by BOUND_SLACK, and lower bounds of ``C @ y`` (B, k).  ``known``: valid
+    bounds of the same shapes (the enclosing boxes', already widened); the result is never looser
+    and, for crown, neurons they prove stable cost no CROWN rows."""
     import torch
 
     from vfnn.bounds import compute_bounds
@@ -178,12 +186,17 @@ def box_bounds(model: Any, net: Network, lows: np.ndarray, highs: np.ndarray, C:
     B = lows.shape[0]
     lo = torch.as_tensor(lows, dtype=torch.float64).reshape(B, *net.input_shape)
     hi = torch.as_tensor(highs, dtype=torch.float64).reshape(B, *net.input_shape)
+    given = None if known is None or method != "crown" else [
+        (torch.as_tensor(kl), torch.as_tensor(ku)) for kl, ku in known]
     with torch.no_grad():
-        b = compute_bounds(model, lo, hi, C=torch.as_tensor(C, dtype=torch.float64), method=method)
+        b = compute_bounds(model, lo, hi, C=torch.as_tensor(C, dtype=torch.float64), method=method, known=given)
     pre = []
-    for pl, pu in b.pre_activation:
+    for i, (pl, pu) in enumerate(b.pre_activation):
         pl, pu = pl.reshape(B, -1).numpy(), pu.reshape(B, -1).numpy()
-        pre.append((pl - BOUND_SLACK * (1 + np.abs(pl)), pu + BOUND_SLACK * (1 + np.abs(pu))))
+        pl, pu = pl - BOUND_SLACK * (1 + np.abs(pl)), pu + BOUND_SLACK * (1 + np.abs(pu))
+        if known is not None:  # widening applies to the new bounds only: inherited ones do not drift
+            pl, pu = np.maximum(pl, known[i][0]), np.minimum(pu, known[i][1])
+        pre.append((pl, pu))
     return pre, b.lower.reshape(B, -1).numpy() - BOUND_SLACK
 
 
