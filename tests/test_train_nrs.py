@@ -126,3 +126,27 @@ def test_cnn_batch_norm_gains_and_export() -> None:
     assert not any(type(layer).__name__ == "BatchNorm" for layer in net.layers)
     with torch.no_grad():
         assert np.allclose(net.forward(x.numpy()), model(x).numpy(), atol=1e-4)
+
+
+def test_bounds_in_a_training_step_use_the_clean_batch_statistics() -> None:
+    """Within ``batch_statistics`` (one training step) the bounds of a batch-norm net in training mode
+    describe the network the clean batch is normalised by: a point box's bounds equal the train-mode
+    forward pass, not the running-statistics network; outside it (and in eval mode) they describe the
+    exported, running-statistics network.  Later forward passes (attacks, neighbours) record nothing."""
+    from vfnn.bounds import compute_bounds
+    from vfnn.layers.batchnorm import batch_statistics
+    from vfnn.train.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("fc:16x2", (1, 4, 4), 3, [0.0], [1.0], batch_norm=True).double().train()
+    x = torch.rand(32, 1, 4, 4, dtype=torch.float64) * 3 + 1  # far from the running statistics (0, 1)
+    with batch_statistics(model):
+        train_out = model(x)
+        model(x + 5)  # a second forward (an attack) must not replace the clean batch's statistics
+        point = compute_bounds(model, x, x, method="ibp")
+    assert torch.allclose(point.lower, train_out, atol=1e-9) and torch.allclose(point.upper, train_out, atol=1e-9)
+    outside = compute_bounds(model, x, x, method="ibp")
+    with torch.no_grad():
+        exported = model.eval()(x)
+    assert torch.allclose(outside.lower, exported, atol=1e-9)
+    assert not torch.allclose(exported, train_out, atol=1e-3)

@@ -1,17 +1,20 @@
 """BatchNorm: batch normalisation kept in a trained network (torch BatchNorm1d/2d).
 
 In eval mode a batch-norm layer is the per-channel affine ``y = gamma (x - mean) / sqrt(var +
-eps) + beta`` with the *running* statistics.  That affine is what this kind's bound maps, MILP map,
-ONNX export and folding compute, in whatever mode the torch module is in: bounds always describe
-the network that is exported and verified (training mode only changes the module's forward pass,
-which normalises by the batch's statistics).  The paper that trains with it (Li et al., TMLR 2023)
-bounds batch-norm with its running statistics as well.  ``Network.simplified()`` turns it into an
+eps) + beta`` with the *running* statistics.  That affine is what this kind's MILP map, ONNX export
+and folding compute, and what its bound maps compute outside training: bounds describe the
+network that is exported and verified.  Within a training step (:func:`batch_statistics`) the
+bound maps of a module in training mode use the clean batch's statistics instead, the ones its
+forward pass normalises by, so that bound-based losses and cross-entropy train the same network.
+``Network.simplified()`` turns it into an
 :class:`ElementwiseAffine`, which folds into the preceding Dense/Conv2d, so ``model.onnx`` holds
 no batch-norm at all.  The ONNX operator BatchNormalization is imported by ElementwiseAffine.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -28,15 +31,45 @@ if TYPE_CHECKING:
     from vfnn.bounds.patches import Patches
 
 
+BATCH_STATS = "_vfnn_batch_stats"  # attribute a training step's clean batch statistics live in
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Within one training step: the first forward pass of each batch-norm module in training mode
+    (the clean batch) records its batch mean and (biased) variance, and the bounds use them, as
+    auto_LiRPA does in training.  Otherwise a bound-based loss would train the running-statistics
+    network while cross-entropy trains the batch-statistics one, and the optimiser can make the
+    first stable by breaking it (measured: NRS-pruned nets at 97 % train and 31 % eval accuracy)."""
+    def record(m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if m.training and getattr(m, BATCH_STATS, None) is None:
+            x = args[0]
+            dims = [0, 2, 3] if x.dim() == 4 else [0]
+            setattr(m, BATCH_STATS, (x.mean(dims), x.var(dims, unbiased=False)))
+
+    norms = [m for m in model.modules() if isinstance(m, BatchNorm.module_types)]
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in norms:
+            setattr(m, BATCH_STATS, None)
+
+
 def eval_affine(m: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (scale, shift) of a torch batch-norm in eval mode, shaped to broadcast over a
-    tensor whose trailing axes are the layer's input (C,) or (C, H, W); gamma and beta keep their
-    gradients, the running statistics are buffers."""
+    """Per-channel (scale, shift) of a torch batch-norm, shaped to broadcast over a tensor whose
+    trailing axes are the layer's input (C,) or (C, H, W): with the running statistics (eval mode,
+    the exported network), or in training mode with the batch statistics that
+    :func:`batch_statistics` recorded; gamma and beta (and batch statistics) keep their gradients."""
     c = m.num_features
     gamma = m.weight if m.weight is not None else torch.ones(c, device=like.device)
     beta = m.bias if m.bias is not None else torch.zeros(c, device=like.device)
-    scale = gamma.to(like.dtype) / torch.sqrt(m.running_var.to(like.dtype) + m.eps)
-    shift = beta.to(like.dtype) - m.running_mean.to(like.dtype) * scale
+    stats = getattr(m, BATCH_STATS, None) if m.training else None
+    mean, var = (m.running_mean, m.running_var) if stats is None else stats
+    scale = gamma.to(like.dtype) / torch.sqrt(var.to(like.dtype) + m.eps)
+    shift = beta.to(like.dtype) - mean.to(like.dtype) * scale
     extra = (1, 1) if isinstance(m, nn.BatchNorm2d) else ()
     return scale.reshape(c, *extra), shift.reshape(c, *extra)
 

@@ -33,6 +33,7 @@ from torch import nn
 from vfnn import __version__
 from vfnn.errors import ModelError
 from vfnn.layers import BatchNorm
+from vfnn.layers.batchnorm import batch_statistics
 from vfnn.train.config import TrainConfig, TrainConfigError, option_owners
 from vfnn.train.data import dataset_info, load_dataset
 from vfnn.train.evaluation import evaluate
@@ -248,6 +249,7 @@ class Trainer:
                      progress: Progress | None) -> dict:
         cfg, model = self.cfg, self.model
         model.train()
+        has_norm = any(isinstance(m, BatchNorm.module_types) for m in model.modules())
         seed = epoch_seed(cfg.seed, epoch)
         torch.manual_seed(seed)
         order = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(seed)).to(self.device)
@@ -261,13 +263,16 @@ class Trainer:
             batch = Batch(self.x_train[idx], self.y_train[idx], idx, len(self.y_train), epoch * len(batches) + b)
             weights = {name: reg_weight(cfg, name, epoch, frac) if reg.active(batch) else 0.0
                        for name, reg in regs.items()}
-            loss, terms = objective.loss(model, batch, sched)
-            for name, reg in regs.items():
-                w = weights[name]
-                if w > 0:
-                    value = reg.loss(model, batch, sched)
-                    loss = loss + w * value
-                    terms[name] = float(value.detach())
+            with batch_statistics(model):  # bounds see the statistics the clean batch is normalised by
+                if has_norm:
+                    batch.clean(model)
+                loss, terms = objective.loss(model, batch, sched)
+                for name, reg in regs.items():
+                    w = weights[name]
+                    if w > 0:
+                        value = reg.loss(model, batch, sched)
+                        loss = loss + w * value
+                        terms[name] = float(value.detach())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip and cfg.grad_clip > 0:
