@@ -19,8 +19,8 @@ from vfnn.vnnlib import read_vnnlib
 
 ACASXU = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "acasxu"
 
-# 2_2 and 3_3 on prop 1 are 60 s timeouts with the |gradient| x width split ("smear") and about a
-# second with the widest-input split (the default): they fail if the branching regresses.
+# 2_2 and 3_3 on prop 1 are 60 s timeouts with the |gradient| x width split alone ("smear") and about
+# a second with the default split (widest input at even depths): they fail if the branching regresses.
 MILP = [("1_2", 1), ("3_2", 1), ("4_3", 1), ("2_2", 1), ("3_3", 1), ("1_3", 2), ("1_4", 2), ("1_6", 2), ("1_7", 3),
         ("1_8", 3), ("3_3", 3), ("2_1", 3), ("1_9", 4), ("4_4", 4)]
 MARABOU = [("1_7", 3), ("1_8", 3), ("1_9", 3), ("3_1", 3), ("5_5", 3), ("1_7", 4), ("1_9", 4), ("2_1", 4), ("5_5", 4),

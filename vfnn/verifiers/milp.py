@@ -52,9 +52,10 @@ class MilpVerifier(Verifier):
         Option("attack_rounds", int, 0, "batches of restarts (0: until the attack's time is up)"),
         Option("attack_time", float, 0.5, "at most this many seconds of attack"),
         Option("attack_guided", bool, True, "also start the attack from bound-guided sub-boxes and corners"),
-        Option("branching", str, "widest", "input to split: widest (the widest input, alpha,beta-CROWN's naive), "
-               "smear (|gradient| x width at the centre) or sb (bound both halves along every input, keep the best; "
-               "~10x dearer per box)", ("smear", "widest", "sb")),
+        Option("branching", str, "mixed", "input to split: mixed (widest at even split depths, smear at odd ones), "
+               "widest (the widest input, alpha,beta-CROWN's naive), smear (|gradient| x width at the centre) or sb "
+               "(bound both halves along every input, keep the best; ~10x dearer per box)",
+               ("mixed", "widest", "smear", "sb")),
         Option("batch", int, 256, "input boxes bounded together in one batch"),
         Option("split_max_inputs", int, 16, "bisect input boxes (BaB on inputs) for at most this many inputs"),
         Option("split_binaries", int, 24, "split a box while its MILP would have more binaries than this"),
@@ -126,6 +127,10 @@ class MilpVerifier(Verifier):
                 pre, row_lower = box_bounds(model, net, lows, highs, C, method, known)
                 if options["branching"] == "widest":
                     smear = highs - lows
+                elif options["branching"] == "mixed":  # widest at even depths, smear at odd ones
+                    root = np.maximum(case.upper - case.lower, 1e-300)
+                    depth = np.rint(np.log2(root / np.maximum(highs - lows, 1e-300)).sum(1)).astype(int)
+                    smear = np.where((depth % 2 == 0)[:, None], highs - lows, smear)
                 if split and options["branching"] == "sb":
                     smear = _sb_scores(model, net, batch, C, rows, case, method)
                 promising: list[tuple[float, int]] = []  # (margin bound, box) of the boxes split again
