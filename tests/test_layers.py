@@ -252,23 +252,30 @@ def test_paramramp_network_bounds_are_sound_and_crown_beats_ibp(seed: int) -> No
         compute_bounds(model, lo, hi, method="alpha-crown")
 
 
+_merge_rng = np.random.default_rng(11)  # its own stream: the shared ``rng`` keeps the other tests' draws
+
+
+def _w(*shape: int, scale: float = 1.0) -> np.ndarray:
+    return (_merge_rng.normal(size=shape) * scale).astype(np.float32)
+
+
 def _bends(*shape: int) -> np.ndarray:
-    return rng.uniform(0.1, 0.8, shape).astype(np.float32)
+    return _merge_rng.uniform(0.1, 0.8, shape).astype(np.float32)
 
 
 @pytest.mark.parametrize("layers, shape, ops", [
-    pytest.param((Dense(_f(8, 6), _f(8)), ParamRamp(_bends(8), 0.01), Dense(_f(8, 8), _f(8)), ParamRamp(_bends(8), 0.0),
-                  Dense(_f(3, 8), _f(3))), (6,), "Gemm Relu Gemm Relu Gemm", id="fc"),
-    pytest.param((Conv2d(_f(2, 1, 3, 3), _f(2)), ParamRamp(_bends(2, 4, 4), 0.01),
-                  Conv2d(_f(3, 2, 3, 3), _f(3), (1, 1), (1, 1, 1, 1)), ParamRamp(_bends(3, 4, 4), 0.0), Flatten(),
-                  Dense(_f(4, 48), _f(4))), (1, 6, 6), "Conv Add Relu Conv Add Relu Flatten Gemm", id="cnn"),
-    pytest.param((ParamRamp(_bends(6), 0.01), Dense(_f(3, 6), _f(3))), (6,), "Gemm Relu Gemm", id="first-layer"),
-    pytest.param((Conv2d(_f(2, 1, 3, 3), _f(2)), ParamRamp(np.repeat(_bends(2, 1, 1), 16).reshape(2, 4, 4), 0.0),
-                  Flatten(), Dense(_f(3, 32), _f(3))), (1, 6, 6), "Conv Relu Flatten Gemm", id="per-channel-bends"),
-    pytest.param((ElementwiseAffine(_f(6, scale=0.1) + 2, _f(6)), Dense(_f(8, 6), _f(8)), ParamRamp(_bends(8), 0.0),
-                  Dense(_f(3, 8), _f(3))), (6,), "Mul Add Gemm Relu Gemm", id="user-affine-kept"),
-    pytest.param((Conv2d(_f(2, 1, 3, 3), _f(2)), ParamRamp(_bends(2, 4, 4), 0.01), AvgPool2d((2, 2), (2, 2)),
-                  Flatten(), Dense(_f(3, 8), _f(3))), (1, 6, 6), "Conv Add Relu Conv AveragePool Flatten Gemm",
+    pytest.param((Dense(_w(8, 6), _w(8)), ParamRamp(_bends(8), 0.01), Dense(_w(8, 8), _w(8)), ParamRamp(_bends(8), 0.0),
+                  Dense(_w(3, 8), _w(3))), (6,), "Gemm Relu Gemm Relu Gemm", id="fc"),
+    pytest.param((Conv2d(_w(2, 1, 3, 3), _w(2)), ParamRamp(_bends(2, 4, 4), 0.01),
+                  Conv2d(_w(3, 2, 3, 3), _w(3), (1, 1), (1, 1, 1, 1)), ParamRamp(_bends(3, 4, 4), 0.0), Flatten(),
+                  Dense(_w(4, 48), _w(4))), (1, 6, 6), "Conv Add Relu Conv Add Relu Flatten Gemm", id="cnn"),
+    pytest.param((ParamRamp(_bends(6), 0.01), Dense(_w(3, 6), _w(3))), (6,), "Gemm Relu Gemm", id="first-layer"),
+    pytest.param((Conv2d(_w(2, 1, 3, 3), _w(2)), ParamRamp(np.repeat(_bends(2, 1, 1), 16).reshape(2, 4, 4), 0.0),
+                  Flatten(), Dense(_w(3, 32), _w(3))), (1, 6, 6), "Conv Relu Flatten Gemm", id="per-channel-bends"),
+    pytest.param((ElementwiseAffine(_w(6, scale=0.1) + 2, _w(6)), Dense(_w(8, 6), _w(8)), ParamRamp(_bends(8), 0.0),
+                  Dense(_w(3, 8), _w(3))), (6,), "Mul Add Gemm Relu Gemm", id="user-affine-kept"),
+    pytest.param((Conv2d(_w(2, 1, 3, 3), _w(2)), ParamRamp(_bends(2, 4, 4), 0.01), AvgPool2d((2, 2), (2, 2)),
+                  Flatten(), Dense(_w(3, 8), _w(3))), (1, 6, 6), "Conv Add Relu Conv AveragePool Flatten Gemm",
                  id="before-pooling"),
 ])
 def test_paramramp_export_merges_its_linear_maps_into_the_neighbouring_layers(layers, shape, ops) -> None:
@@ -279,7 +286,7 @@ def test_paramramp_export_merges_its_linear_maps_into_the_neighbouring_layers(la
     model = network_to_onnx(net)
     assert " ".join(n.op_type for n in model.graph.node) == ops
     session = ort.InferenceSession(model.SerializeToString())
-    x = _x(shape, 20).astype(np.float32)
+    x = _merge_rng.uniform(-1, 1, (20, *shape)).astype(np.float32)
     y = np.concatenate([session.run(None, {"input": x[i: i + 1]})[0] for i in range(len(x))])
     assert np.abs(y - net.forward(x)).max() < 1e-5
     assert np.abs(network_from_onnx(model).forward(x) - net.forward(x)).max() < 1e-5
