@@ -109,3 +109,17 @@ def test_auto_bounds_refine_open_disjuncts_with_alpha_crown_on_high_dimensional_
         fewer |= a["binaries"] < c["binaries"]
     assert fewer, "alpha-CROWN never removed a binary: the test radii no longer exercise it"
     assert statuses == {"sat", "unsat"}
+
+
+def test_mixed_branching_splits_the_widest_input_at_even_depths_and_by_smear_at_odd_ones() -> None:
+    from vfnn.verifiers.milp import split_scores
+
+    case = robustness_spec(np.full(3, 0.5), 0, 0.5, 2, clip=None).cases[0]  # the box [0, 1]^3
+    lows = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    highs = np.array([[1.0, 1.0, 1.0], [0.5, 1.0, 1.0], [0.5, 1.0, 1.0]])  # depths 0, 1, 2
+    smear = np.array([[0.0, 0.0, 9.0]] * 3)
+    scores = split_scores("mixed", case, lows, highs, smear)
+    assert np.array_equal(scores[0], highs[0] - lows[0]) and np.array_equal(scores[1], smear[1])
+    assert np.array_equal(scores[2], highs[2] - lows[2])
+    assert np.array_equal(split_scores("widest", case, lows, highs, smear), highs - lows)
+    assert np.array_equal(split_scores("smear", case, lows, highs, smear), smear)

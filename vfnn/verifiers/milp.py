@@ -125,14 +125,10 @@ class MilpVerifier(Verifier):
                     (np.stack([b[3][i][0] for b in batch]), np.stack([b[3][i][1] for b in batch]))
                     for i in range(len(batch[0][3]))]
                 pre, row_lower = box_bounds(model, net, lows, highs, C, method, known)
-                if options["branching"] == "widest":
-                    smear = highs - lows
-                elif options["branching"] == "mixed":  # widest at even depths, smear at odd ones
-                    root = np.maximum(case.upper - case.lower, 1e-300)
-                    depth = np.rint(np.log2(root / np.maximum(highs - lows, 1e-300)).sum(1)).astype(int)
-                    smear = np.where((depth % 2 == 0)[:, None], highs - lows, smear)
                 if split and options["branching"] == "sb":
-                    smear = _sb_scores(model, net, batch, C, rows, case, method)
+                    score = _sb_scores(model, net, batch, C, rows, case, method)
+                else:
+                    score = split_scores(options["branching"], case, lows, highs, smear)
                 promising: list[tuple[float, int]] = []  # (margin bound, box) of the boxes split again
                 for k, (lo, hi, open_, _) in enumerate(batch):
                     still = tuple(d for d in open_ if not np.any(
@@ -148,7 +144,7 @@ class MilpVerifier(Verifier):
                         continue
                     unstable = sum(int(np.sum((pl < 0) & (pu > 0))) for pl, pu in box_pre)
                     if split and unstable > options["split_binaries"] and len(queue) < 1_000_000:
-                        queue.extend((lo2, hi2, still, box_pre) for lo2, hi2 in _bisect(lo, hi, smear[k]))
+                        queue.extend((lo2, hi2, still, box_pre) for lo2, hi2 in _bisect(lo, hi, score[k]))
                         promising.append((min(float(np.max(row_lower[k, rows[d]:rows[d + 1]] - case.unsafe[d].b))
                                               for d in still), k))
                         continue
@@ -240,6 +236,21 @@ def _sb_scores(model: Any, net: Network, batch: list, C: np.ndarray, rows: np.nd
                        axis=0)  # (n, 2): > 0 where that half is proven safe
         scores[k] = value.min(axis=1)
     return scores - scores.min(axis=1, keepdims=True) + 1e-9 * (np.stack([h - lo for lo, h, _ in batch]))
+
+
+def split_scores(branching: str, case: SpecCase, lows: np.ndarray, highs: np.ndarray, smear: np.ndarray
+                 ) -> np.ndarray:
+    """Per box and input, how much splitting there should help (the largest is split): ``widest``
+    the width, ``smear`` |gradient| x width at the centre, ``mixed`` the width at even split depths
+    (the number of halvings from the case box) and smear at odd ones."""
+    if branching == "smear":
+        return smear
+    width = highs - lows
+    if branching == "widest":
+        return width
+    root = np.maximum(case.upper - case.lower, 1e-300)
+    depth = np.rint(np.log2(root / np.maximum(width, 1e-300)).sum(1)).astype(int)
+    return np.where((depth % 2 == 0)[:, None], width, smear)
 
 
 def _bisect(lo: np.ndarray, hi: np.ndarray, score: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
