@@ -1,7 +1,9 @@
 """VNN-LIB parse speed: robustness specs of MNIST (784) and CIFAR (3072) size, and the ACAS Xu properties.
 
 Run: ``python benchmarks/specs.py``.  Prints the median of several reads (ms) next to the targets
-from issue 2 (784 inputs well under 50 ms, 3072 inputs under 200 ms) and the write time.
+from issue 2 (784 inputs well under 50 ms, 3072 inputs under 200 ms) and the write time, and how the
+read time of one long ``and`` grows with its length (linear: ~10x for 10x the atoms; the old
+per-atom copy was quadratic, ~100x: 100k atoms took 64 s).
 """
 
 from __future__ import annotations
@@ -29,6 +31,25 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def long_and(n: int, nested: bool) -> str:
+    """One ``and`` of n input bounds, at the top level or inside an ``or`` (a nested DNF)."""
+    atoms = " ".join(f"(<= X_0 {1 + k % 7})" if k % 2 else f"(>= X_0 {-1 - k % 5})" for k in range(n))
+    body = f"(or (and {atoms}) (and (<= X_0 9) (>= X_0 8)))" if nested else f"(and {atoms})"
+    return f"(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert {body})\n(assert (<= Y_0 0))\n"
+
+
+def scaling(tmp: Path) -> None:
+    for nested in (False, True):
+        ms = {}
+        for n in (20_000, 200_000):
+            path = tmp / f"and_{n}.vnnlib"
+            path.write_text(long_and(n, nested))
+            ms[n] = median_ms(lambda path=path: read_vnnlib(path), 3)
+        where = "nested in an or" if nested else "top level"
+        print(f"one and, {where}: 20k atoms {ms[20_000]:7.1f} ms, 200k atoms {ms[200_000]:7.1f} ms, "
+              f"ratio {ms[200_000] / ms[20_000]:5.1f} (linear ~10, quadratic ~100)")
+
+
 def main(repeats: int = 9) -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,6 +65,7 @@ def main(repeats: int = 9) -> None:
             )
             gz = write_vnnlib(spec, Path(tmp) / f"robust_{n}.vnnlib.gz")
             print(f"robustness {n:5d} inputs, gzip: read {median_ms(lambda gz=gz: read_vnnlib(gz), repeats):7.2f} ms")
+        scaling(Path(tmp))
     if not ACASXU.is_dir():
         print(f"ACAS Xu properties not found at {ACASXU}; skipped", file=sys.stderr)
         return
