@@ -232,7 +232,8 @@ def test_sigkill_in_training_and_in_verification_then_resume_gives_the_same_repo
     assert len(keys) == len(set(keys)) == 2 * 2 * 10  # models x radii x images, each job once
     assert {r["recipe"] for r in resumed["verification"]} == {"ce", "ce+nbc"}
     for name in ("study.md", "study.csv"):
-        assert (out / "report" / name).is_file()
+        assert "CROWN-LBP-verified %" in (out / "report" / name).read_text()
+    assert all(0.0 <= r["lbp"] <= 1.0 for r in resumed["training"])  # recorded by training, not left out
     figures = {p.name for p in (out / "report" / "figures").iterdir()}
     assert {"unsat_vs_eps_digits_fc-16x2_milp.png", "cactus_digits_fc-16x2_milp.png",
             "unstable_per_layer_digits_fc-16x2.png"} <= figures

@@ -67,6 +67,9 @@ def test_nbc_and_rs_reduce_unstable_neurons(runs: dict[str, dict]) -> None:
 def test_ibp_certifies_more_than_ce(runs: dict[str, dict]) -> None:
     assert runs["ibp"]["verified_acc"]["ibp"] > runs["ce"]["verified_acc"]["ibp"] + 0.3
     assert runs["ibp"]["verified_acc"]["crown"] >= runs["ce"]["verified_acc"]["crown"]
+    for run in runs.values():  # per image IBP <= LBP <= CROWN-LBP with tight lines (Lyu et al., Theorem 2)
+        assert run["verified_acc"]["crown-lbp"] >= run["verified_acc"]["ibp"]
+    assert runs["ibp"]["verified_acc"]["crown-lbp"] > runs["ce"]["verified_acc"]["crown-lbp"] + 0.3
 
 
 def test_adversarial_methods_raise_pgd_accuracy(tmp_path: Path, runs: dict[str, dict]) -> None:

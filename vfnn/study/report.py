@@ -25,7 +25,8 @@ from vfnn.campaign.reports import Table
 from vfnn.campaign.store import CampaignRecord, load_records
 from vfnn.study.config import ModelRun, Study
 
-TRAIN_COLUMNS = ("dataset", "arch", "recipe", "seeds", "clean %", "PGD %", "CROWN-verified %", "unstable",
+TRAIN_COLUMNS = ("dataset", "arch", "recipe", "seeds", "clean %", "PGD %", "CROWN-LBP-verified %",
+                 "CROWN-verified %", "unstable",
                  "neurons", "s/epoch", "x ce")
 VERIFY_COLUMNS = ("dataset", "arch", "recipe", "eps", "verifier", "n", "UNSAT %", "SAT %", "decided %", "timeout",
                   "unknown+error", "mean s", "median s", "unstable", "unstable per layer", "stable %")
@@ -43,6 +44,7 @@ def _run_metrics(run: ModelRun) -> dict[str, Any] | None:
         return None
     final = summary.get("final") or {}
     return {"clean": final.get("clean_acc"), "pgd": final.get("pgd_acc"),
+            "lbp": (final.get("verified_acc") or {}).get("crown-lbp"),  # absent in runs before vfnn recorded it
             "crown": (final.get("verified_acc") or {}).get("crown"),
             "unstable": (final.get("unstable") or {}).get("total"), "neurons": summary.get("relu_neurons"),
             "s_epoch": _mean([e["seconds"]["train"] for e in epochs])}
@@ -58,7 +60,7 @@ def training_rows(study: Study) -> list[dict[str, Any]]:
     rows = []
     for (dataset, arch, recipe), ms in groups.items():
         row: dict[str, Any] = {"dataset": dataset, "arch": arch, "recipe": recipe, "seeds": len(ms)}
-        for key in ("clean", "pgd", "crown", "unstable", "neurons", "s_epoch"):
+        for key in ("clean", "pgd", "lbp", "crown", "unstable", "neurons", "s_epoch"):
             row[key] = _mean([m[key] for m in ms if m[key] is not None])
         rows.append(row)
     for row in rows:
@@ -123,7 +125,8 @@ def _num(v: float | None, fmt: str = ".1f") -> str:
 
 
 def _train_cells(r: dict[str, Any]) -> list[str]:
-    return [r["dataset"], r["arch"], r["recipe"], str(r["seeds"]), _pct(r["clean"]), _pct(r["pgd"]), _pct(r["crown"]),
+    return [r["dataset"], r["arch"], r["recipe"], str(r["seeds"]), _pct(r["clean"]), _pct(r["pgd"]), _pct(r["lbp"]),
+            _pct(r["crown"]),
             _num(r["unstable"]), _num(r["neurons"], ".0f"), _num(r["s_epoch"], ".2f"), _num(r["x_ce"], ".2f")]
 
 
@@ -149,11 +152,12 @@ def write_study_report(study: Study, console: Console) -> Path:
                         [_verify_cells(r) for r in verify_rows], left=3).rich())
     with open(out / "study.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*VERIFY_COLUMNS, "clean %", "PGD %", "s/epoch"])
+        w.writerow([*VERIFY_COLUMNS, "clean %", "PGD %", "CROWN-LBP-verified %", "CROWN-verified %", "s/epoch"])
         by_model = {(r["dataset"], r["arch"], r["recipe"]): r for r in train_rows}
         for r in verify_rows:
             t = by_model.get((r["dataset"], r["arch"], r["recipe"]), {})
-            w.writerow(_verify_cells(r) + [_pct(t.get("clean")), _pct(t.get("pgd")), _num(t.get("s_epoch"), ".3f")])
+            w.writerow(_verify_cells(r) + [_pct(t.get(k)) for k in ("clean", "pgd", "lbp", "crown")]
+                       + [_num(t.get("s_epoch"), ".3f")])
     (out / "study.json").write_text(json.dumps({"study": str(study.path), "name": study.name, "training": train_rows,
                                                 "verification": verify_rows, "environment": _environment()},
                                                indent=1) + "\n")
@@ -193,9 +197,9 @@ def _markdown(study: Study, train_rows: list[dict], verify_rows: list[dict], fig
         f"vfnn {env['vfnn']}, torch {env['torch']}, Python {env['python']}, {env['machine']}."
         + (f" Wall time (summed over invocations): {times}." if times else ""), "",
         "## Training", "",
-        "Clean, PGD and CROWN-verified accuracy and CROWN-unstable neurons at the training radius on the run's "
-        "evaluation images; seconds per training epoch and its ratio to the `ce` recipe of the same dataset and "
-        "architecture. Means over seeds.", "",
+        "Clean, PGD, CROWN-LBP- and CROWN-verified accuracy and CROWN-unstable neurons at the training radius on "
+        "the run's evaluation images; seconds per training epoch and its ratio to the `ce` recipe of the same "
+        "dataset and architecture. Means over seeds.", "",
         Table("", TRAIN_COLUMNS, [_train_cells(r) for r in train_rows], left=3).markdown(), "",
         "## Verification", "",
         "Per property radius: UNSAT = verified, SAT = a counterexample that replayed on the ONNX model, decided = "

@@ -330,6 +330,7 @@ def format_epoch(m: dict, epochs: int) -> str:
     """One readable line per epoch for the console."""
     v = m["verified_acc"]
     return (f"epoch {m['epoch']}/{epochs} [{m['phase']}] loss {m['loss']:.4f}  clean {100 * m['clean_acc']:.1f}%  "
-            f"pgd {100 * m['pgd_acc']:.1f}%  verified ibp {100 * v['ibp']:.1f}% crown {100 * v['crown']:.1f}%  "
+            f"pgd {100 * m['pgd_acc']:.1f}%  verified ibp {100 * v['ibp']:.1f}% "
+            f"crown-lbp {100 * v['crown-lbp']:.1f}% crown {100 * v['crown']:.1f}%  "
             f"unstable {m['unstable']['total']:.1f}  nbc {m['nbc']['adversarial']['overall']:.3f}  "
             f"({m['seconds']['train'] + m['seconds']['eval']:.1f}s)")
