@@ -1,6 +1,6 @@
 """What a `vfnn verify` call costs beyond its solve: wall time as a user sees it minus the tool's time.
 
-Usage:  python benchmarks/overhead.py [--runs 5] [--verifier milp] [--root DIR] [--keep DIR]
+Usage:  python benchmarks/overhead.py [--runs 5] [--verifier milp] [--server] [--root DIR] [--keep DIR]
 
 Builds two networks with fixed seeds -- a small MLP (5-50-50-5) and a 784-input MLP
 (784-256-256-10) -- and an L-infinity robustness spec for each that milp proves quickly, then runs
@@ -16,6 +16,10 @@ prints per network the median (and min-max) of:
 with α,β-CROWN's command line plays back a captured run (``tests/data/abcrown/mlp_bab_unsat``,
 24-input MLP), taking ``--tool-s`` seconds like a tool would, and records its own process wall
 time; the adapter's overhead is the command's wall time minus that (issue 11 target: <= 1 s).
+
+``--server`` also runs each milp call through a warm ``vfnn server`` (started for this run on a
+socket of its own, stopped at the end), alternating with the fresh-process calls, so both rows come
+from the same run; the fresh rows never use a server.
 
 ``--root DIR`` runs the command from another checkout of vfnn (``PYTHONPATH=DIR``), so a baseline
 is measured in the same run: ``git worktree add /tmp/vfnn-base <commit>`` and
@@ -37,6 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SOCKET_ENV = "VFNN_SERVER_SOCKET"
 
 
 def build(root: Path) -> dict[str, tuple[Path, Path]]:
@@ -109,6 +114,17 @@ def run_once(model: Path, spec: Path, verifier: str, vfnn_root: Path, extra_env:
     return wall, json.loads(p.stdout)
 
 
+def start_server(vfnn_root: Path) -> Path:
+    """A warm server of the checkout ``vfnn_root`` on a socket of its own; the socket path."""
+    sock = Path(tempfile.mkdtemp(prefix="vfnn-bench-")) / "s.sock"  # short: AF_UNIX paths are limited
+    env = dict(os.environ, PYTHONPATH=str(vfnn_root), **{SOCKET_ENV: str(sock)})
+    p = subprocess.run([sys.executable, "-m", "vfnn", "server", "start", "--idle", "30"], capture_output=True,
+                       text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"vfnn server start failed: {p.stdout[-500:]} {p.stderr[-500:]}")
+    return sock
+
+
 def import_profile(vfnn_root: Path, top: int = 8) -> list[tuple[float, str]]:
     """The slowest top-level imports of ``vfnn verify --help``'s process (what the parent pays)."""
     env = dict(os.environ, PYTHONPATH=str(vfnn_root))
@@ -137,25 +153,39 @@ def main() -> None:
     ap.add_argument("--abcrown", action="store_true", help="also measure the α,β-CROWN adapter on a stand-in")
     ap.add_argument("--tool-s", type=float, default=2.0, help="seconds the stand-in α,β-CROWN takes")
     ap.add_argument("--only-abcrown", action="store_true", help="skip the milp rows")
+    ap.add_argument("--server", action="store_true", help="also run each milp call through a warm vfnn server")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="vfnn-overhead-") as tmp:
         root = a.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         pairs = build(root)
         print(f"vfnn verify -v {a.verifier} from {a.root}, {a.runs} runs each, load {os.getloadavg()[0]:.1f}")
-        print(f"{'network':22} {'status':7} {'wall s':>18} {'tool s':>18} {'wall - tool s':>18} {'result wall s':>18}")
-        for name, (model, spec) in ({} if a.only_abcrown else pairs).items():
-            walls, tools, inner, status = [], [], [], set()
-            run_once(model, spec, a.verifier, a.root)  # warm the page cache; not counted
-            for _ in range(a.runs):
-                wall, res = run_once(model, spec, a.verifier, a.root)
-                walls.append(wall)
-                tools.append(float(res["tool_time"] or 0.0))
-                inner.append(float(res["wall_time"]))
-                status.add(res["status"])
-            diff = [w - t for w, t in zip(walls, tools, strict=True)]
-            print(f"{name:22} {','.join(sorted(status)):7} {_fmt(walls):>18} {_fmt(tools):>18} {_fmt(diff):>18} "
-                  f"{_fmt(inner):>18}")
+        print(f"{'network':28} {'status':7} {'wall s':>18} {'tool s':>18} {'wall - tool s':>18} {'result wall s':>18}")
+        modes = {"": {SOCKET_ENV: str(root / "no-server.sock")}}  # a fresh process per call
+        if a.server:
+            modes["  via server"] = {SOCKET_ENV: str(start_server(a.root))}
+        try:
+            for name, (model, spec) in ({} if a.only_abcrown else pairs).items():
+                rows: dict[str, tuple[list[float], list[float], list[float], set[str]]] = {
+                    m: ([], [], [], set()) for m in modes}
+                for env in modes.values():
+                    run_once(model, spec, a.verifier, a.root, env)  # warm the page cache; not counted
+                for _ in range(a.runs):
+                    for mode, env in modes.items():
+                        wall, res = run_once(model, spec, a.verifier, a.root, env)
+                        walls, tools, inner, status = rows[mode]
+                        walls.append(wall)
+                        tools.append(float(res["tool_time"] or 0.0))
+                        inner.append(float(res["wall_time"]))
+                        status.add(res["status"])
+                for mode, (walls, tools, inner, status) in rows.items():
+                    diff = [w - t for w, t in zip(walls, tools, strict=True)]
+                    print(f"{name + mode:28} {','.join(sorted(status)):7} {_fmt(walls):>18} {_fmt(tools):>18} "
+                          f"{_fmt(diff):>18} {_fmt(inner):>18}")
+        finally:
+            if a.server:
+                subprocess.run([sys.executable, "-m", "vfnn", "server", "stop"], capture_output=True,
+                               env=dict(os.environ, PYTHONPATH=str(a.root), **modes["  via server"]))
         if a.abcrown or a.only_abcrown:
             env, model, spec, clock = abcrown_stand_in(root, a.tool_s)
             walls, procs, status = [], [], set()
@@ -166,7 +196,7 @@ def main() -> None:
                 procs.append(float(clock.read_text()))
                 status.add(res["status"])
             diff = [w - t for w, t in zip(walls, procs, strict=True)]
-            print(f"{'abcrown stand-in 24-in':22} {','.join(sorted(status)):7} {_fmt(walls):>18} {_fmt(procs):>18} "
+            print(f"{'abcrown stand-in 24-in':28} {','.join(sorted(status)):7} {_fmt(walls):>18} {_fmt(procs):>18} "
                   f"{_fmt(diff):>18}   (tool s = the stand-in's own process wall time, {a.tool_s:g} s of it sleep)")
         if a.phases:
             print("slowest imports of the command's own process (s):")

@@ -1,5 +1,6 @@
 """Shared test fixtures: where the real data next to the repository lives."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ ACASXU = SHARED / "benchmarks" / "acasxu"
 MNIST = SHARED / "datasets" / "mnist"
 
 torch.set_num_threads(1)
+# A developer's running `vfnn server` must not serve the tests' `vfnn verify` calls (test_warm_server starts its own).
+os.environ["VFNN_SERVER_SOCKET"] = "/nonexistent/vfnn-tests/server.sock"
 
 
 @pytest.fixture

@@ -104,11 +104,12 @@ def _internal_error(what: str, traceback_too: bool = True) -> None:
 from vfnn.campaign.cli import bench_cmd, gate_cmd, report_cmd, specs_cmd  # noqa: E402
 from vfnn.demo import demo  # noqa: E402
 from vfnn.prune_cli import prune_cmd  # noqa: E402
+from vfnn.server_cli import server_cmd  # noqa: E402
 from vfnn.stats_cli import stats  # noqa: E402
 from vfnn.study.cli import study_cmd  # noqa: E402
 from vfnn.train.cli import train  # noqa: E402
 from vfnn.verify_cli import verifiers_cmd, verify_cmd  # noqa: E402
 
 for _command in (train, prune_cmd, stats, verify_cmd, verifiers_cmd, specs_cmd, bench_cmd, report_cmd, gate_cmd,
-                 study_cmd, demo):
+                 study_cmd, server_cmd, demo):
     cli.add_command(_command)

@@ -274,14 +274,18 @@ class Isolated:
         killed = self.proc.is_alive()
         _kill_group_and_tree(self.proc.pid, killed)  # a timed-out solve, or what a finished one left
         self.proc.join()
-        tail = _tail(self.log_path)
-        if not killed and self.result_path.exists():
-            with open(self.result_path, "rb") as f:
-                kind, value, tb = pickle.load(f)
-            self._outcome = ChildOutcome(kind, value, tb, self.proc.exitcode, tail)
-        else:
-            self._outcome = ChildOutcome("killed" if killed else "died", None, "", self.proc.exitcode, tail)
+        self._outcome = read_outcome(killed, self.result_path, self.log_path, self.proc.exitcode)
         return self._outcome
+
+
+def read_outcome(killed: bool, result_path: Path, log_path: Path, exitcode: int | None) -> ChildOutcome:
+    """The outcome of an ended child from the files :func:`_child` writes."""
+    tail = _tail(log_path)
+    if not killed and result_path.exists():
+        with open(result_path, "rb") as f:
+            kind, value, tb = pickle.load(f)
+        return ChildOutcome(kind, value, tb, exitcode, tail)
+    return ChildOutcome("killed" if killed else "died", None, "", exitcode, tail)
 
 
 def run_isolated(
@@ -292,14 +296,16 @@ def run_isolated(
     workdir: str | Path,
     memory_mb: int | None = None,
     on_wait: Callable[[], None] | None = None,
+    starter: Callable[..., Any] = Isolated,
 ) -> ChildOutcome:
     """Call ``fn(*args)`` in a child process; kill its process tree after ``limit_s`` seconds.
 
     ``fn`` and ``args`` must be picklable (``fn`` a module-level function).  Never raises for
     anything the child does; the child's output goes to ``workdir/solver.log``.  ``on_wait`` is
-    called about every 0.1 s while the child runs (a progress display).
+    called about every 0.1 s while the child runs (a progress display).  ``starter`` makes the
+    child: :class:`Isolated`, or a warm server's (:class:`vfnn.verifiers.warm.Served`).
     """
-    child = Isolated(fn, args, workdir=workdir, memory_mb=memory_mb)
+    child = starter(fn, args, workdir=workdir, memory_mb=memory_mb)
     try:
         child.wait(child.start + max(0.0, limit_s), on_wait)
     finally:
