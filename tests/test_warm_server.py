@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cli_runner import alive
 
-from vfnn.campaign.proctree import children
+from vfnn.campaign.proctree import children, descendants
 from vfnn.verifiers import warm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_the_callers_deadline_kills_the_served_solve_and_the_server_lives_on(ser
     p, wall = _vfnn(server["env"], "verify", "-t", "3", "-o", "grace=0.5", str(acasxu / NET_42),
                     str(acasxu / "vnnlib" / "prop_2.vnnlib"))
     assert p.returncode == 4, p.stdout + p.stderr  # timeout
-    assert wall < 3 + 0.5 + 0.5 + 2.0  # timeout + grace + 0.5 s, and the caller's own start-up
+    assert wall < 3 + 0.5 + 0.5 + 10.0  # timeout + grace + 0.5 s, and the caller's own start-up on a loaded machine
     status = warm.request("status", server["socket"])
     assert status["jobs_served"] == 1 and status["running"] == 0
     assert not [c for c in children(server["pid"]) if alive(c)]
@@ -95,9 +95,9 @@ def test_a_killed_caller_takes_its_served_solve_with_it(server: dict, acasxu: Pa
         until = time.monotonic() + 60
         while time.monotonic() < until and not children(server["pid"]):
             time.sleep(0.05)
-        served = children(server["pid"])
-        assert served, "the call never reached the server"
         time.sleep(0.5)
+        served = descendants(server["pid"])  # the served child and whatever it started
+        assert served, "the call never reached the server"
         proc.kill()
         proc.wait()
         killed = time.monotonic()
@@ -115,7 +115,7 @@ def test_a_server_of_other_code_is_not_used_and_shuts_down(server: dict, acasxu:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.connect(str(server["socket"]))
         warm._send(conn, {"op": "hello", "stamp": {**warm.code_stamp(), "vfnn": "0.0.0-other"}})
-        assert warm._recv(conn) == {"ok": False}
+        assert warm._recv(conn) == {"ok": False, "why": "stale"}
     until = time.monotonic() + 10
     while server["socket"].exists() and time.monotonic() < until:
         time.sleep(0.05)
@@ -134,3 +134,67 @@ def test_status_and_stop_without_a_server(tmp_path: Path) -> None:
     env[warm.SOCKET_ENV] = str(tmp_path / ("x" * 120) / "s.sock")  # over AF_UNIX's 108 bytes
     p, _ = _vfnn(env, "server", "start")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "path too long" in p.stderr, p.stderr
+
+
+def test_misbehaving_clients_lose_their_connection_not_the_server(server: dict, acasxu: Path) -> None:
+    import socket
+    import struct
+
+    def raw(data: bytes, read: bool = False) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(server["socket"]))
+            conn.sendall(data)
+            if read:
+                conn.recv(10)
+
+    status = warm.pickle.dumps({"op": "status"})
+    raw(struct.pack("!I", len(status)) + status)  # asks, and leaves without reading the answer
+    raw(struct.pack("!I", 9) + b"not a pickle!")  # garbage
+    raw(struct.pack("!I", 2**31))  # a length far over the limit
+    raw(struct.pack("!I", len(warm.pickle.dumps([1]))) + warm.pickle.dumps([1]))  # not a message
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
+        stuck.connect(str(server["socket"]))
+        stuck.sendall(b"\x00")  # half a header, then silence: the others are served meanwhile
+        t = time.monotonic()
+        assert warm.request("status", server["socket"]) is not None and time.monotonic() - t < 5
+        p, _ = _vfnn(server["env"], "verify", "-t", "60", str(acasxu / "onnx/ACASXU_run2a_1_1_batch_2000.onnx"),
+                     str(acasxu / "vnnlib" / "prop_4.vnnlib"))
+        assert p.returncode == 0, p.stderr
+    assert _served(server) == 1
+
+
+def test_the_served_child_takes_the_callers_umask_and_limits(server: dict) -> None:
+    import resource
+
+    from vfnn.verifiers.process import run_isolated
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    old_mask = os.umask(0o027)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 200), hard))
+    try:
+        for fn, args, want in ((os.umask, (0o22,), 0o027),
+                               (resource.getrlimit, (resource.RLIMIT_NOFILE,), (min(soft, 200), hard)),
+                               (os.getcwd, (), os.getcwd())):
+            conn = warm.connect(server["socket"])
+            assert conn is not None
+            with tempfile.TemporaryDirectory() as tmp:
+                out = run_isolated(fn, args, limit_s=30, workdir=tmp, starter=warm.starter(conn))
+            assert out.kind == "returned" and out.value == want, (fn, out)
+    finally:
+        os.umask(old_mask)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _served(server) == 3
+    # a caller the server cannot reproduce (a higher priority is not for it to give) is told no
+    ctx = warm.process_context()
+    assert warm._context_problem({**ctx, "nice": ctx["nice"] - 1}, ctx) is not None
+
+
+def test_a_socket_folder_others_can_enter_is_refused_not_changed(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    env = dict(os.environ, VFNN_SERVER_SOCKET=str(folder / "s.sock"))
+    p, _ = _vfnn(env, "server", "start")
+    assert p.returncode == 2 and "must be private" in p.stderr, p.stderr
+    assert (folder.stat().st_mode & 0o777) == 0o755 and not list(folder.iterdir())
+    assert warm.connect(folder / "s.sock") is None

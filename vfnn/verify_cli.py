@@ -160,7 +160,6 @@ def _supervise(model: Path, spec: Path, verifier_name: str, options: dict[str, s
     at the deadline whatever it is doing (importing torch, loading the model, replaying), so that the
     command ends within timeout + grace + 0.5 s.  This process imports no torch: it starts the child
     at once and exits quickly."""
-    import functools
     import tempfile
 
     from vfnn.verifiers import warm
@@ -170,7 +169,7 @@ def _supervise(model: Path, spec: Path, verifier_name: str, options: dict[str, s
 
     spinner = Spinner(f"verifying with {verifier_name}", start, timeout)
     conn = warm.connect() if use_server else None
-    starter = Isolated if conn is None else functools.partial(warm.Served, conn)
+    starter = Isolated if conn is None else warm.starter(conn)  # a server that fails to take it: Isolated
     previous = allow_plain_fork()  # neither this process nor its child runs torch code: no fork server needed
     with tempfile.TemporaryDirectory(prefix="vfnn-verify-") as tmp:
         args = (model, spec, verifier_name, options, timeout, unstable_method, start + timeout, tmp)
