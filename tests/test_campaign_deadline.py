@@ -66,8 +66,9 @@ def test_job_deadline_counts_from_the_worker_and_bounds_the_job(acasxu: Path, tm
     assert rec.status == "timeout", rec.result.message
     res = rec.result
     assert res.wall_time < 3 + 1.0 + 1.0  # from when the worker took it: timeout + grace, and the return
-    # A warm worker forks its solve: no fork server to start inside the budget (it took 1.5-4.5 s of it).
-    assert res.tool_time is not None and res.wall_time - res.tool_time < 1.0, res
+    # A warm worker forks its solve: no fork server to start inside the budget (it took 1.5-4.5 s of it;
+    # a plain fork's overhead reached 1.05 s on the 2-core machine at load 3).
+    assert res.tool_time is not None and res.wall_time - res.tool_time < 1.4, res
     assert time.monotonic() - t < 60
 
 
