@@ -370,7 +370,8 @@ class _Server:
         self.context = process_context()
         self.started = self.last_activity = time.monotonic()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        path.unlink(missing_ok=True)  # a dead server's socket: we hold the lock, so no live one owns it
+        if path.is_socket():  # a dead server's socket: we hold the lock, so no live one owns it
+            path.unlink()
         self.listener.bind(str(path))
         self.inode = os.stat(path).st_ino
         self.listener.listen(16)
