@@ -198,3 +198,10 @@ def test_a_socket_folder_others_can_enter_is_refused_not_changed(tmp_path: Path)
     assert p.returncode == 2 and "must be private" in p.stderr, p.stderr
     assert (folder.stat().st_mode & 0o777) == 0o755 and not list(folder.iterdir())
     assert warm.connect(folder / "s.sock") is None
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "s.sock").write_text("a user's file")
+    env[warm.SOCKET_ENV] = str(private / "s.sock")
+    p, _ = _vfnn(env, "server", "start")
+    assert p.returncode == 2 and "did not start" in p.stderr, p.stderr  # the file is not deleted to make room
+    assert (private / "s.sock").read_text() == "a user's file"
