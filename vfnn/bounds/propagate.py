@@ -118,11 +118,19 @@ def substitute_lines(A: torch.Tensor, bias: torch.Tensor, lower_d: tuple[torch.T
     if torch.is_grad_enabled() and (A.requires_grad or sel_l.requires_grad or sel_u.requires_grad):
         new = torch.stack((lA * sel_l, uA * sel_u), 1)
     else:  # the products straight into the result (stacking copied them once more)
-        shape = torch.broadcast_shapes(lA.shape, sel_l.shape, sel_u.shape)
+        shape = _broadcast_shape(lA.shape, sel_l.shape, sel_u.shape)
         new = torch.empty((shape[0], 2, *shape[1:]), dtype=A.dtype, device=A.device)
         torch.mul(lA, sel_l, out=new[:, 0])
         torch.mul(uA, sel_u, out=new[:, 1])
     return new, bias + torch.stack((add_l, add_u), 1)
+
+
+def _broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """The broadcast of shapes that are known to broadcast (``torch.broadcast_shapes`` imports ~490
+    modules on its first call: 0.5 s of every fresh process's first bound computation)."""
+    n = max(len(s) for s in shapes)
+    padded = [(1,) * (n - len(s)) + tuple(s) for s in shapes]
+    return tuple(0 if 0 in dims else max(dims) for dims in zip(*padded, strict=True))
 
 
 def _row_dot(X: torch.Tensor, v: torch.Tensor, nd: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ IDLE_S = 3600.0
 MAX_MESSAGE = 64 * 2**20  # bytes; a job's arguments are paths and options
 ACK_S = 5.0  # how long a caller waits for the server to answer before it runs the job itself
 PRELOAD = ("torch", "onnx", "highspy", "vfnn.verify_cli", "vfnn.verifiers.milp", "vfnn.verifiers.marabou",
-           "vfnn.verifiers.abcrown", "vfnn.onnx_io", "vfnn.bounds")
+           "vfnn.verifiers.abcrown", "vfnn.onnx_io", "vfnn.bounds", "vfnn.vnnlib")
 LIMITS = tuple(getattr(resource, n) for n in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE",
                                               "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_STACK", "RLIMIT_CORE")
                if hasattr(resource, n))
