@@ -562,3 +562,17 @@ def test_cuda_matches_cpu() -> None:
         assert gpu.lower.is_cuda
         assert torch.allclose(cpu.lower, gpu.lower.cpu(), atol=1e-8) and torch.allclose(cpu.upper, gpu.upper.cpu(),
                                                                                          atol=1e-8)
+
+
+def test_the_first_bound_computation_imports_no_more_of_torch() -> None:
+    """A lazy import on the first call is paid by every fresh `vfnn verify` and every served child
+    (torch.broadcast_shapes pulled in ~490 modules, 0.5 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, onnx\nfrom torch import nn\nfrom vfnn.bounds import METHODS, compute_bounds\n"
+            "m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))\nbefore = set(sys.modules)\n"
+            "for method in METHODS:\n    compute_bounds(m, torch.zeros(2, 4), torch.ones(2, 4), None, method=method)\n"
+            "print(sorted(n for n in set(sys.modules) - before if n.startswith(('torch', 'sympy'))))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
