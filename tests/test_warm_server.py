@@ -125,6 +125,13 @@ def test_a_server_of_other_code_is_not_used_and_shuts_down(server: dict, acasxu:
     assert p.returncode == 0, p.stderr  # solved in a fresh process
 
 
+def test_start_says_when_the_running_server_cannot_serve_this_process(server: dict) -> None:
+    env = dict(server["env"], PYTHONHASHSEED="12345")  # another hash seed: the server cannot take its calls
+    p, _ = _vfnn(env, "server", "start")
+    assert p.returncode == 2 and "cannot run this process's calls" in p.stderr, p.stdout + p.stderr
+    assert warm.request("status", server["socket"])["pid"] == server["pid"]  # the running server is untouched
+
+
 def test_status_and_stop_without_a_server(tmp_path: Path) -> None:
     env = dict(os.environ, VFNN_SERVER_SOCKET=str(tmp_path / "none.sock"))
     p, _ = _vfnn(env, "server", "status")

@@ -37,6 +37,10 @@ def start_cmd(idle: float) -> None:
         status = warm.request("status", path) or {}
         click.echo(f"vfnn server already running (pid {status.get('pid')}) at {path}")
         return
+    if (other := warm.request("status", path)) is not None:  # it answers, but refused this process's calls
+        raise VfnnError(f"the vfnn server at {path} (pid {other['pid']}) cannot run this process's calls "
+                        "(another cgroup, resource limits, priority or interpreter flags); `vfnn server stop` it "
+                        "and start it from here")
     try:
         status = warm.start_background(path, 60.0 * idle)
     except RuntimeError as exc:
